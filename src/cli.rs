@@ -1,0 +1,136 @@
+//! The `wshost` command line: flags parsed by clap, checked into a [`HostConfig`], then run.
+//!
+//! Exit codes: 0 done, 1 a script error, 2 bad input on the command line (unknown option,
+//! missing file, a port that cannot be listened on).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::host::{Host, HostConfig};
+use crate::script::Exit;
+
+#[derive(Parser, Debug)]
+#[command(name = "wshost", version, about = "Run WebSocket servers written in Rhai scripts")]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a script: its servers serve until stopped (Ctrl-C) or until the script ends them.
+    Run(RunArgs),
+    /// Compile scripts and the classes they use; report errors as file:line:col.
+    Check {
+        /// Script files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The entry script.
+    script: PathBuf,
+    /// Port for servers whose options have no `port` (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address for servers whose options have no `host`.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+/// Runs the command line `args` (including the program name); returns the exit code.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line, not clap's usage block: the first line of its message.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first} (see wshost --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { files } => check(&files),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "wshost=info",
+        1 => "wshost=debug",
+        _ => "wshost=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    if !args.script.is_file() {
+        eprintln!("error: no such script: {}", args.script.display());
+        return ExitCode::from(2);
+    }
+    let config = HostConfig {
+        host: args.host,
+        port: args.port,
+        ..HostConfig::default()
+    };
+    let host = match Host::start(&args.script, config) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match host.wait(true) {
+        Exit::Finished => ExitCode::SUCCESS,
+        Exit::ScriptFailed(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+        Exit::ListenFailed(messages) => {
+            for m in messages {
+                eprintln!("error: {m}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut failed = 0;
+    for checked in crate::script::check::check(files) {
+        match checked.result {
+            Ok(()) => println!("ok    {}", checked.file),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

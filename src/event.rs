@@ -1,0 +1,285 @@
+//! What flows between the network side and a script worker.
+//!
+//! Socket tasks send [`Event`]s to the worker that owns the server; the worker answers with
+//! [`Command`]s through a [`ConnectionHandle`]. A handle is an id plus a sender, so a script can
+//! hold it whichever thread (or, later, machine) owns the socket. Nothing here knows about Rhai
+//! or tungstenite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::payload::Payload;
+
+/// Identifies a connection across the whole process.
+pub type ConnId = u64;
+/// Identifies a server across the whole process.
+pub type ServerId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh id, unique in this process (connections and servers share the sequence).
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The life of a connection as scripts see it (`ws.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Status {
+    Connecting = 0,
+    Connected = 1,
+    Closing = 2,
+    Closed = 3,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "Connecting",
+            Self::Connected => "Connected",
+            Self::Closing => "Closing",
+            Self::Closed => "Closed",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Connecting,
+            1 => Self::Connected,
+            2 => Self::Closing,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// What a worker asks a socket task to do.
+#[derive(Debug)]
+pub enum Command {
+    Send(Payload),
+    Close { code: u16, reason: String },
+}
+
+/// Why a `send` did not queue the message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is closing or closed; the message is dropped, as browsers do.
+    NotOpen,
+    /// The peer does not read fast enough; the connection is being closed with 1008.
+    QueueFull,
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    status: AtomicU8,
+    /// Cancelled when the outgoing queue overflowed: the socket task closes with 1008.
+    overflow: CancellationToken,
+    /// Messages the socket task may still hand to the worker before it stops reading.
+    inflight: Semaphore,
+}
+
+/// A connection as the script side holds it: an id plus a way to reach its socket task.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    id: ConnId,
+    shared: Arc<Shared>,
+}
+
+/// The socket task's end of a [`ConnectionHandle`].
+pub struct ConnectionPort {
+    pub commands: mpsc::Receiver<Command>,
+    pub handle: ConnectionHandle,
+}
+
+impl ConnectionHandle {
+    /// A new handle with an outgoing queue of `queue` messages and at most `inflight`
+    /// incoming messages waiting for the worker.
+    pub fn new(status: Status, queue: usize, inflight: usize) -> ConnectionPort {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = ConnectionHandle {
+            id: next_id(),
+            shared: Arc::new(Shared {
+                commands: tx,
+                status: AtomicU8::new(status as u8),
+                overflow: CancellationToken::new(),
+                inflight: Semaphore::new(inflight.max(1)),
+            }),
+        };
+        ConnectionPort {
+            commands: rx,
+            handle,
+        }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.shared.status.load(Ordering::Acquire))
+    }
+
+    pub fn set_status(&self, status: Status) {
+        self.shared.status.store(status as u8, Ordering::Release);
+    }
+
+    /// Moves to `Closing` unless already closing or closed; true if it moved.
+    pub fn begin_closing(&self) -> bool {
+        let mut cur = self.shared.status.load(Ordering::Acquire);
+        loop {
+            if cur >= Status::Closing as u8 {
+                return false;
+            }
+            match self.shared.status.compare_exchange(
+                cur,
+                Status::Closing as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Queues a message without waiting. Messages sent while connecting are kept in order.
+    pub fn send(&self, payload: Payload) -> Result<(), SendError> {
+        if self.status() >= Status::Closing {
+            return Err(SendError::NotOpen);
+        }
+        match self.shared.commands.try_send(Command::Send(payload)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::NotOpen),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.overflow.cancel();
+                Err(SendError::QueueFull)
+            }
+        }
+    }
+
+    /// Starts the closing handshake with `code` and `reason` (already validated).
+    /// Returns false if the connection was already closing.
+    pub fn close(&self, code: u16, reason: String) -> bool {
+        if !self.begin_closing() {
+            return false;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.shared.commands.try_send(Command::Close { code, reason })
+        {
+            // The peer is not reading; closing it is what the overflow path does anyway.
+            self.shared.overflow.cancel();
+        }
+        true
+    }
+
+    pub(crate) fn overflow(&self) -> &CancellationToken {
+        &self.shared.overflow
+    }
+
+    /// Waits until the worker has room for one more message of this connection.
+    pub(crate) async fn acquire_inflight(&self) {
+        if let Ok(permit) = self.shared.inflight.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Called by the worker once it has handled a message of this connection.
+    pub fn message_done(&self) {
+        self.shared.inflight.add_permits(1);
+    }
+}
+
+/// The HTTP upgrade request of a new connection, as `onConnection` sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// Request target: path and query (`/chat?room=1`).
+    pub url: String,
+    /// Headers by lower-case name, in arrival order (a name may repeat).
+    pub headers: Vec<(String, String)>,
+    /// Decoded query parameters, in order (a name may repeat).
+    pub query: Vec<(String, String)>,
+    /// The peer's IP address.
+    pub remote_address: String,
+}
+
+/// A server's answer to a connection request.
+#[derive(Debug)]
+pub enum Verdict {
+    Accept,
+    /// Refuse with this HTTP status.
+    Refuse(u16),
+}
+
+/// Kinds of error that reach `onError`, with their `errCode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A callback raised an error.
+    Script = 1,
+    /// A callback ran past its operation or time budget.
+    Budget = 2,
+    /// A message for a `dataType: "object"` handler was not valid JSON.
+    Json = 10,
+    /// The socket failed (reset, I/O error).
+    Io = 20,
+    /// The peer broke the WebSocket protocol.
+    Protocol = 21,
+    /// The peer sent a message over the size limit.
+    TooBig = 22,
+    /// The peer did not read its messages fast enough.
+    SlowPeer = 23,
+    /// A server could not listen.
+    Listen = 30,
+}
+
+impl ErrorKind {
+    pub fn component(self) -> &'static str {
+        match self {
+            Self::Script | Self::Budget => "wshost.script",
+            Self::Json => "wshost.json",
+            Self::Io | Self::Protocol | Self::TooBig | Self::SlowPeer | Self::Listen => {
+                "wshost.net"
+            }
+        }
+    }
+}
+
+/// What socket tasks (and the host) tell a worker.
+#[derive(Debug)]
+pub enum Event {
+    /// A client asks to connect to `server`; the worker answers through `reply`.
+    Connect {
+        server: ServerId,
+        conn: ConnectionHandle,
+        request: Request,
+        reply: oneshot::Sender<Verdict>,
+    },
+    /// The handshake of an accepted connection completed.
+    Open { conn: ConnId },
+    Message { conn: ConnId, payload: Payload },
+    /// A network failure of the connection; `Closed` follows.
+    Error {
+        conn: ConnId,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The connection is gone; the last event of a connection.
+    Closed {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// A server created by the worker is listening (queued by the worker itself).
+    Listening { server: ServerId },
+    /// A server could not start (queued by the worker itself).
+    ListenFailed { server: ServerId, message: String },
+    /// Stop gracefully: close every connection with 1001 and finish.
+    Shutdown,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectionHandle({}, {:?})", self.id, self.status())
+    }
+}

@@ -1,0 +1,409 @@
+//! Listening sockets shared by servers, and the HTTP upgrade that admits a connection.
+//!
+//! Several servers may listen on one host:port with different paths (as in 4D, where all of
+//! them live on the one web server), so a listener holds a table of routes. hyper reads the
+//! upgrade request; the route's worker decides (`onConnection`) while the handshake awaits its
+//! answer, which never blocks a runtime thread.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::NetConfig;
+use crate::event::{ConnectionHandle, Event, Request, ServerId, Status, Verdict};
+
+/// Where the connections for one path go: a server and the worker that owns it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub server: ServerId,
+    pub events: flume::Sender<Event>,
+}
+
+/// Why a server could not listen.
+#[derive(Debug)]
+pub enum ListenError {
+    /// The host name did not resolve to an address.
+    BadHost(String),
+    /// The operating system refused the bind (address in use, permission…).
+    Bind(SocketAddr, std::io::Error),
+    /// Another server already serves this path on this host:port.
+    PathTaken(SocketAddr, String),
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadHost(h) => write!(f, "cannot resolve host {h:?}"),
+            Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            Self::PathTaken(addr, p) => {
+                write!(f, "{addr} already has a server for path {p:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+#[derive(Default)]
+struct Routes {
+    by_path: HashMap<String, Route>,
+    /// The server without a `path`: it takes every path no other server claims.
+    any: Option<Route>,
+}
+
+impl Routes {
+    fn find(&self, path: &str) -> Option<&Route> {
+        self.by_path.get(path).or(self.any.as_ref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_path.is_empty() && self.any.is_none()
+    }
+}
+
+struct Listener {
+    routes: RwLock<Routes>,
+    stop: CancellationToken,
+}
+
+/// The network side of a host: its listeners and the runtime their tasks run on.
+pub struct Network {
+    runtime: tokio::runtime::Handle,
+    config: NetConfig,
+    listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
+}
+
+impl Network {
+    pub fn new(runtime: tokio::runtime::Handle, config: NetConfig) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            config,
+            listeners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Serves `path` (every path when None) on host:port for `route`, binding the port unless
+    /// a listener already holds it. Returns the bound address. Callable from any thread.
+    pub fn listen(
+        &self,
+        host: &str,
+        port: u16,
+        path: Option<&str>,
+        route: Route,
+    ) -> Result<SocketAddr, ListenError> {
+        let addr = (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ListenError::BadHost(host.to_string()))?;
+        let mut listeners = self.listeners.lock().unwrap();
+        if port != 0
+            && let Some(existing) = listeners.get(&addr)
+        {
+            add_route(&mut existing.routes.write().unwrap(), addr, path, route)?;
+            return Ok(addr);
+        }
+        let std_listener =
+            std::net::TcpListener::bind(addr).map_err(|e| ListenError::Bind(addr, e))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| ListenError::Bind(addr, e))?;
+        let bound = std_listener
+            .local_addr()
+            .map_err(|e| ListenError::Bind(addr, e))?;
+        let mut routes = Routes::default();
+        add_route(&mut routes, bound, path, route)?;
+        let listener = Arc::new(Listener {
+            routes: RwLock::new(routes),
+            stop: CancellationToken::new(),
+        });
+        listeners.insert(bound, listener.clone());
+        let config = self.config.clone();
+        self.runtime.spawn(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => accept_loop(l, listener, config).await,
+                Err(e) => tracing::error!("cannot listen on {bound}: {e}"),
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Stops serving `path` on `addr`; the socket closes when its last route goes.
+    pub fn unlisten(&self, addr: SocketAddr, path: Option<&str>) {
+        let mut listeners = self.listeners.lock().unwrap();
+        let Some(listener) = listeners.get(&addr) else {
+            return;
+        };
+        let empty = {
+            let mut routes = listener.routes.write().unwrap();
+            match path {
+                Some(p) => {
+                    routes.by_path.remove(p);
+                }
+                None => routes.any = None,
+            }
+            routes.is_empty()
+        };
+        if empty {
+            listener.stop.cancel();
+            listeners.remove(&addr);
+        }
+    }
+}
+
+fn add_route(
+    routes: &mut Routes,
+    addr: SocketAddr,
+    path: Option<&str>,
+    route: Route,
+) -> Result<(), ListenError> {
+    match path {
+        Some(p) if routes.by_path.contains_key(p) => {
+            Err(ListenError::PathTaken(addr, p.to_string()))
+        }
+        Some(p) => {
+            routes.by_path.insert(p.to_string(), route);
+            Ok(())
+        }
+        None if routes.any.is_some() => Err(ListenError::PathTaken(addr, "*".into())),
+        None => {
+            routes.any = Some(route);
+            Ok(())
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetConfig) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                let config = config.clone();
+                tokio::spawn(serve_http(stream, peer, shared, config));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let config = config.clone();
+        async move { Ok::<_, Infallible>(handle_request(req, peer, &shared, &config).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(config_timeout()))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!("http connection from {peer}: {e}");
+    }
+}
+
+fn config_timeout() -> std::time::Duration {
+    NetConfig::default().handshake_timeout
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn header_has_token(req: &HttpRequest<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+async fn handle_request(
+    mut req: HttpRequest<Incoming>,
+    peer: SocketAddr,
+    shared: &Listener,
+    config: &NetConfig,
+) -> Response<Full<Bytes>> {
+    let is_upgrade = req.method() == hyper::Method::GET
+        && header_has_token(&req, header::CONNECTION, "upgrade")
+        && header_has_token(&req, header::UPGRADE, "websocket");
+    if !is_upgrade {
+        let mut res = plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "This is a WebSocket endpoint.\n",
+        );
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return res;
+    }
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
+        let mut res = plain(StatusCode::BAD_REQUEST, "Unsupported WebSocket version.\n");
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return res;
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return plain(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key.\n");
+    };
+    let route = shared.routes.read().unwrap().find(req.uri().path()).cloned();
+    let Some(route) = route else {
+        return plain(StatusCode::NOT_FOUND, "No WebSocket server on this path.\n");
+    };
+
+    let request = describe(&req, peer);
+    let port = ConnectionHandle::new(Status::Connecting, config.send_queue, config.inflight);
+    let handle = port.handle.clone();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let asked = route
+        .events
+        .send_async(Event::Connect {
+            server: route.server,
+            conn: handle.clone(),
+            request,
+            reply: reply_tx,
+        })
+        .await;
+    if asked.is_err() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Server is stopping.\n");
+    }
+    let verdict = match tokio::time::timeout(config.handshake_timeout, reply_rx).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(_)) => Verdict::Refuse(503),
+        Err(_) => {
+            tracing::warn!(
+                "connection {} from {peer}: no answer from onConnection within {:?}",
+                handle.id(),
+                config.handshake_timeout
+            );
+            Verdict::Refuse(503)
+        }
+    };
+    if let Verdict::Refuse(status) = verdict {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        let mut res = Response::new(Full::new(Bytes::from(format!(
+            "Connection refused ({status}).\n"
+        ))));
+        *res.status_mut() = status;
+        return res;
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let events = route.events.clone();
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_frame_size));
+    let close_timeout = config.close_timeout;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                super::connection::run(ws, port.handle, port.commands, events, close_timeout)
+                    .await;
+            }
+            Err(e) => {
+                tracing::debug!("connection {}: upgrade failed: {e}", handle.id());
+                handle.set_status(Status::Closed);
+                let _ = events
+                    .send_async(Event::Closed {
+                        conn: handle.id(),
+                        code: 1006,
+                        reason: String::new(),
+                    })
+                    .await;
+            }
+        }
+    });
+
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    res
+}
+
+/// The request as `onConnection` sees it: url, lower-case headers, decoded query, peer IP.
+fn describe(req: &HttpRequest<Incoming>, peer: SocketAddr) -> Request {
+    let url = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Request {
+        url,
+        headers,
+        query,
+        remote_address: peer.ip().to_canonical().to_string(),
+    }
+}

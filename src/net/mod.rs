@@ -1,0 +1,47 @@
+//! The network side: listening sockets, HTTP upgrades and one task pair per connection.
+//!
+//! It owns every socket and never runs script code: it turns what arrives into [`Event`]s for
+//! the worker that owns the server, and carries out the [`Command`]s that come back.
+//!
+//! [`Event`]: crate::event::Event
+//! [`Command`]: crate::event::Command
+
+mod connection;
+mod listener;
+
+pub use listener::{Network, Route};
+
+use std::time::Duration;
+
+/// Settings of the network side that are the same for every server of a host.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Largest incoming message; over it the connection is closed with 1009.
+    pub max_message_size: usize,
+    /// Largest incoming frame.
+    pub max_frame_size: usize,
+    /// Read buffer allocated per connection.
+    pub read_buffer_size: usize,
+    /// Outgoing messages queued per connection before the peer counts as too slow (1008).
+    pub send_queue: usize,
+    /// Incoming messages per connection waiting for the worker before reading pauses.
+    pub inflight: usize,
+    /// Time allowed for the HTTP request and the script's `onConnection` answer.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the peer to answer a close frame.
+    pub close_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            read_buffer_size: 4 << 10,
+            send_queue: 1024,
+            inflight: 64,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The message type shared by the network side and the script side.
+//!
+//! Scripts never see tungstenite's `Message`; sockets never see Rhai values. A `Payload` is
+//! what crosses between them: the text or bytes of one WebSocket message, shared without
+//! copying (`Bytes`), so a broadcast to many connections costs one allocation.
+
+use bytes::Bytes;
+
+/// The data of one WebSocket message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A text frame; always valid UTF-8.
+    Text(Text),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+/// UTF-8 text held in `Bytes`, so it can be handed to the socket without a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// Wraps bytes that the caller has checked are UTF-8 (the WebSocket codec does).
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks or guarantees UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl Payload {
+    pub fn text(s: impl Into<Text>) -> Self {
+        Self::Text(s.into())
+    }
+
+    pub fn binary(b: impl Into<Bytes>) -> Self {
+        Self::Binary(b.into())
+    }
+
+    /// Size in bytes of the message data.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,466 @@
+//! The script API of SPEC sections 2, 3 and 5: `WebSocketServer`, `cs`, and the objects they
+//! give scripts. Scripts only ever hold ids and handles; every read goes to the worker's
+//! [`Ctx`], every write becomes a command to a socket task.
+
+use std::rc::Rc;
+
+use rhai::{
+    Array, CallFnOptions, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Module,
+    NativeCallContext, Scope,
+};
+
+use super::classes::{CLASS_KEY, Class};
+use super::convert::{DataType, data_to_payload};
+use super::state::{ConnEntry, Ctx, ServerEntry};
+use crate::event::{ConnectionHandle, Event, SendError, ServerId, next_id};
+use crate::net::Route;
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// The global `WebSocketServer` (its `new` creates servers).
+#[derive(Clone)]
+pub struct ServerClass;
+
+/// The global `cs`: `cs.Name` is a class.
+#[derive(Clone)]
+pub struct ClassStoreRef;
+
+/// `cs.Name`: `cs.Name.new(…)` makes an instance.
+#[derive(Clone)]
+pub struct ClassRef {
+    class: Rc<Class>,
+}
+
+/// A `WebSocketServer` as scripts hold it.
+#[derive(Clone)]
+pub struct ServerObj {
+    pub id: ServerId,
+}
+
+/// A `WebSocketConnection` as scripts hold it: the handle (id + sender) and its server.
+#[derive(Clone)]
+pub struct ConnObj {
+    pub handle: ConnectionHandle,
+    pub server: ServerId,
+}
+
+/// Registers the whole API on `engine`; natives reach the worker through `ctx`.
+pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    let mut globals = Module::new();
+    globals.set_var("WebSocketServer", ServerClass);
+    globals.set_var("cs", ClassStoreRef);
+    engine.register_global_module(globals.into());
+
+    engine.register_type_with_name::<ServerClass>("WebSocketServerClass");
+    engine.register_type_with_name::<ClassStoreRef>("ClassStore");
+    engine.register_type_with_name::<ClassRef>("Class");
+    engine.register_type_with_name::<ServerObj>("WebSocketServer");
+    engine.register_type_with_name::<ConnObj>("WebSocketConnection");
+
+    register_server_class(engine, ctx);
+    register_classes(engine, ctx);
+    register_server(engine, ctx);
+    register_connection(engine, ctx);
+}
+
+fn register_server_class(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    let c = ctx.clone();
+    engine.register_fn(
+        "new",
+        move |ncc: NativeCallContext, _: &mut ServerClass, handler: Dynamic| {
+            new_server(&c, &ncc, handler, Map::new())
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn(
+        "new",
+        move |ncc: NativeCallContext, _: &mut ServerClass, handler: Dynamic, options: Map| {
+            new_server(&c, &ncc, handler, options)
+        },
+    );
+    engine.register_fn("to_string", |_: &mut ServerClass| "WebSocketServer".to_string());
+}
+
+struct ServerOptions {
+    host: String,
+    port: u16,
+    path: Option<String>,
+    data_type: DataType,
+}
+
+fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
+    let mut opts = ServerOptions {
+        host: ctx.defaults.host.clone(),
+        port: ctx.defaults.port,
+        path: None,
+        data_type: DataType::Text,
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            "port" => {
+                let port = value
+                    .as_int()
+                    .ok()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| bad_option("port", "an integer from 0 to 65535", &value))?;
+                opts.port = port;
+            }
+            "host" => {
+                opts.host = value
+                    .into_string()
+                    .map_err(|t| format!("option host: expected a string, got {t}"))?;
+            }
+            "path" => {
+                if value.is_unit() {
+                    continue;
+                }
+                let path = value
+                    .clone()
+                    .into_string()
+                    .ok()
+                    .filter(|p| p.starts_with('/'))
+                    .ok_or_else(|| bad_option("path", "a string starting with \"/\"", &value))?;
+                opts.path = Some(path);
+            }
+            "dataType" => {
+                opts.data_type = value
+                    .clone()
+                    .into_string()
+                    .ok()
+                    .and_then(|s| DataType::parse(&s))
+                    .ok_or_else(|| bad_option("dataType", "\"text\", \"blob\" or \"object\"", &value))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} for WebSocketServer.new (known: port, host, path, dataType)"
+                )
+                .into());
+            }
+        }
+    }
+    Ok(opts)
+}
+
+fn bad_option(name: &str, expected: &str, got: &Dynamic) -> Box<EvalAltResult> {
+    format!("option {name}: expected {expected}, got {got:?}").into()
+}
+
+/// Makes `handler` a shared object map, so `this.x = …` and `ws.handler.x = …` persist.
+pub fn share_handler(handler: Dynamic, what: &str) -> Res<Dynamic> {
+    if handler.read_lock::<Map>().is_none() {
+        return Err(format!(
+            "{what}: the handler must be an object (a map or a class instance), got {}",
+            handler.type_name()
+        )
+        .into());
+    }
+    Ok(if handler.is_shared() {
+        handler
+    } else {
+        handler.into_shared()
+    })
+}
+
+/// Does `handler` define callback `name` (as a function property or a class method)?
+pub fn has_callback(ctx: &Ctx, handler: &Dynamic, name: &str) -> bool {
+    let Some(map) = handler.read_lock::<Map>() else {
+        return false;
+    };
+    if map.get(name).is_some_and(|v| v.is::<FnPtr>()) {
+        return true;
+    }
+    map.get(CLASS_KEY)
+        .and_then(|c| c.clone().into_string().ok())
+        .and_then(|c| ctx.classes.borrow().get(&c))
+        .is_some_and(|class| class.params(name).is_some())
+}
+
+fn new_server(ctx: &Rc<Ctx>, _ncc: &NativeCallContext, handler: Dynamic, options: Map) -> Res<ServerObj> {
+    let handler = share_handler(handler, "WebSocketServer.new")?;
+    if !has_callback(ctx, &handler, "onConnection") {
+        return Err("WebSocketServer.new: the handler has no onConnection callback".into());
+    }
+    let opts = server_options(ctx, options)?;
+    let id = next_id();
+    let route = Route {
+        server: id,
+        events: ctx.events.clone(),
+    };
+    let listened = ctx
+        .net
+        .listen(&opts.host, opts.port, opts.path.as_deref(), route);
+    let (addr, port) = match &listened {
+        Ok(addr) => (Some(*addr), addr.port()),
+        Err(_) => (None, opts.port),
+    };
+    ctx.registry.borrow_mut().servers.insert(
+        id,
+        ServerEntry {
+            handler,
+            host: opts.host,
+            port,
+            addr,
+            path: opts.path.clone(),
+            data_type: opts.data_type,
+            conns: Default::default(),
+            terminated: listened.is_err(),
+        },
+    );
+    let event = match listened {
+        Ok(addr) => {
+            tracing::info!(
+                "listening on ws://{addr}{}",
+                opts.path.as_deref().unwrap_or("/")
+            );
+            Event::Listening { server: id }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if ctx.starting.get() {
+                ctx.startup_failures.borrow_mut().push(message.clone());
+            }
+            Event::ListenFailed { server: id, message }
+        }
+    };
+    let _ = ctx.events.send(event);
+    Ok(ServerObj { id })
+}
+
+fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    let c = ctx.clone();
+    engine.register_indexer_get(
+        move |ncc: NativeCallContext, _: &mut ClassStoreRef, name: &str| -> Res<ClassRef> {
+            let class = c
+                .classes
+                .borrow_mut()
+                .load(ncc.engine(), name, &mut c.sources.borrow_mut())
+                .map_err(|e| format!("cs.{name}: {e}"))?;
+            Ok(ClassRef { class })
+        },
+    );
+    engine.register_get("name", |c: &mut ClassRef| c.class.name.clone());
+    engine.register_fn("to_string", |c: &mut ClassRef| format!("cs.{}", c.class.name));
+    // `cs.Name.new(…)` with up to six constructor arguments.
+    engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
+        instantiate(&ncc, c, vec![])
+    });
+    engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic| {
+        instantiate(&ncc, c, vec![a])
+    });
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic| {
+            instantiate(&ncc, c, vec![a, b])
+        },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic, d: Dynamic| {
+            instantiate(&ncc, c, vec![a, b, d])
+        },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic, d: Dynamic, e: Dynamic| {
+            instantiate(&ncc, c, vec![a, b, d, e])
+        },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext,
+         c: &mut ClassRef,
+         a: Dynamic,
+         b: Dynamic,
+         d: Dynamic,
+         e: Dynamic,
+         f: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e, f]) },
+    );
+    let _ = ctx;
+}
+
+/// A new instance of a class: an object map naming its class, built by `constructor`.
+fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
+    let class = &c.class;
+    let mut map = Map::new();
+    map.insert(CLASS_KEY.into(), class.name.clone().into());
+    let mut this = Dynamic::from_map(map).into_shared();
+    if let Some(n) = class.params("constructor") {
+        if args.len() > n {
+            return Err(format!(
+                "cs.{}.new: the constructor takes {n} argument(s), got {}",
+                class.name,
+                args.len()
+            )
+            .into());
+        }
+        args.resize(n, Dynamic::UNIT);
+        let options = CallFnOptions::new()
+            .eval_ast(false)
+            .bind_this_ptr(&mut this);
+        let _ = ncc.engine().call_fn_with_options::<Dynamic>(
+            options,
+            &mut Scope::new(),
+            &class.ast,
+            "constructor",
+            args,
+        )?;
+    }
+    Ok(this)
+}
+
+fn register_server(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    let c = ctx.clone();
+    engine.register_get("connections", move |s: &mut ServerObj| -> Array {
+        let reg = c.registry.borrow();
+        let Some(server) = reg.servers.get(&s.id) else {
+            return Array::new();
+        };
+        server
+            .conns
+            .iter()
+            .filter_map(|id| reg.conns.get(id))
+            .filter(|e| e.opened)
+            .map(|e| Dynamic::from(conn_obj(e)))
+            .collect()
+    });
+    let c = ctx.clone();
+    engine.register_get("dataType", move |s: &mut ServerObj| {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .map(|e| e.data_type.as_str())
+            .unwrap_or("text")
+            .to_string()
+    });
+    let c = ctx.clone();
+    engine.register_get("handler", move |s: &mut ServerObj| {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .map(|e| e.handler.clone())
+            .unwrap_or(Dynamic::UNIT)
+    });
+    let c = ctx.clone();
+    engine.register_get("path", move |s: &mut ServerObj| -> Dynamic {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .and_then(|e| e.path.clone())
+            .map(Dynamic::from)
+            .unwrap_or(Dynamic::UNIT)
+    });
+    let c = ctx.clone();
+    engine.register_get("port", move |s: &mut ServerObj| -> i64 {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .map(|e| i64::from(e.port))
+            .unwrap_or(0)
+    });
+    let c = ctx.clone();
+    engine.register_get("host", move |s: &mut ServerObj| -> String {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .map(|e| e.host.clone())
+            .unwrap_or_default()
+    });
+    let c = ctx.clone();
+    engine.register_get("terminated", move |s: &mut ServerObj| -> bool {
+        c.registry
+            .borrow()
+            .servers
+            .get(&s.id)
+            .is_none_or(|e| e.terminated)
+    });
+    let c = ctx.clone();
+    engine.register_fn("terminate", move |s: &mut ServerObj| c.terminate_server(s.id));
+    engine.register_get("id", |s: &mut ServerObj| s.id as i64);
+    engine.register_fn("==", |a: ServerObj, b: ServerObj| a.id == b.id);
+    engine.register_fn("!=", |a: ServerObj, b: ServerObj| a.id != b.id);
+    engine.register_fn("to_string", |s: &mut ServerObj| format!("WebSocketServer#{}", s.id));
+    engine.register_fn("to_debug", |s: &mut ServerObj| format!("WebSocketServer#{}", s.id));
+}
+
+pub fn conn_obj(e: &ConnEntry) -> ConnObj {
+    ConnObj {
+        handle: e.handle.clone(),
+        server: e.server,
+    }
+}
+
+fn register_connection(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    engine.register_get("id", |c: &mut ConnObj| c.handle.id() as i64);
+    engine.register_get("status", |c: &mut ConnObj| c.handle.status().as_str().to_string());
+    engine.register_get("wss", |c: &mut ConnObj| ServerObj { id: c.server });
+    let cx = ctx.clone();
+    engine.register_get("handler", move |c: &mut ConnObj| {
+        cx.registry
+            .borrow()
+            .conns
+            .get(&c.handle.id())
+            .map(|e| e.handler.clone())
+            .unwrap_or(Dynamic::UNIT)
+    });
+    engine.register_fn("send", |c: &mut ConnObj, message: Dynamic| -> Res<()> {
+        let payload = data_to_payload(&message)?;
+        send(&c.handle, payload);
+        Ok(())
+    });
+    engine.register_fn("terminate", |c: &mut ConnObj| {
+        c.handle.close(1000, String::new());
+    });
+    engine.register_fn("terminate", |c: &mut ConnObj, code: i64| -> Res<()> {
+        terminate(&c.handle, code, ImmutableString::new())
+    });
+    engine.register_fn(
+        "terminate",
+        |c: &mut ConnObj, code: i64, reason: ImmutableString| -> Res<()> {
+            terminate(&c.handle, code, reason)
+        },
+    );
+    engine.register_fn("==", |a: ConnObj, b: ConnObj| a.handle.id() == b.handle.id());
+    engine.register_fn("!=", |a: ConnObj, b: ConnObj| a.handle.id() != b.handle.id());
+    engine.register_fn("to_string", |c: &mut ConnObj| {
+        format!("WebSocketConnection#{}", c.handle.id())
+    });
+    engine.register_fn("to_debug", |c: &mut ConnObj| {
+        format!("WebSocketConnection#{} ({})", c.handle.id(), c.handle.status().as_str())
+    });
+}
+
+pub fn send(handle: &ConnectionHandle, payload: crate::payload::Payload) {
+    match handle.send(payload) {
+        Ok(()) => {}
+        Err(SendError::NotOpen) => {
+            tracing::debug!("connection {}: send after close, dropped", handle.id());
+        }
+        Err(SendError::QueueFull) => {
+            tracing::warn!(
+                "connection {}: the peer does not read; closing it with 1008",
+                handle.id()
+            );
+        }
+    }
+}
+
+/// `terminate(code, reason)`: code 1000 or 3000–4999, reason at most 123 bytes (SPEC 6).
+fn terminate(handle: &ConnectionHandle, code: i64, reason: ImmutableString) -> Res<()> {
+    if code != 1000 && !(3000..=4999).contains(&code) {
+        return Err(format!("terminate: code must be 1000 or 3000-4999, got {code}").into());
+    }
+    if reason.len() > 123 {
+        return Err(format!(
+            "terminate: reason must be at most 123 bytes of UTF-8, got {}",
+            reason.len()
+        )
+        .into());
+    }
+    handle.close(code as u16, reason.to_string());
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Between WebSocket payloads and script values, following `dataType` (SPEC section 6).
+
+use rhai::{Blob, Dynamic};
+
+use crate::payload::Payload;
+
+/// What `event.data` is for a handler (`dataType` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataType {
+    Text,
+    Blob,
+    Object,
+}
+
+impl DataType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "blob" => Some(Self::Blob),
+            "object" => Some(Self::Object),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Blob => "blob",
+            Self::Object => "object",
+        }
+    }
+}
+
+/// A message that a `dataType: "object"` handler could not parse.
+pub struct BadJson {
+    pub text: String,
+    pub error: String,
+}
+
+/// `event.data` for an incoming message.
+pub fn payload_to_data(payload: Payload, data_type: DataType) -> Result<Dynamic, BadJson> {
+    match (payload, data_type) {
+        (Payload::Binary(b), _) => Ok(Dynamic::from_blob(Blob::from(b.as_ref()))),
+        (Payload::Text(t), DataType::Blob) => Ok(Dynamic::from_blob(t.as_str().as_bytes().into())),
+        (Payload::Text(t), DataType::Text) => Ok(Dynamic::from(rhai::ImmutableString::from(t.as_str()))),
+        (Payload::Text(t), DataType::Object) => {
+            serde_json::from_str::<Dynamic>(t.as_str()).map_err(|e| BadJson {
+                text: t.as_str().to_string(),
+                error: e.to_string(),
+            })
+        }
+    }
+}
+
+/// The payload `send(value)` puts on the wire: a string as text, a Blob as binary, anything
+/// else that JSON can express as the text of its JSON.
+pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
+    if let Ok(s) = value.as_immutable_string_ref() {
+        return Ok(Payload::text(s.as_str()));
+    }
+    if value.is_blob() {
+        let blob = value.read_lock::<Blob>().expect("checked is_blob");
+        return Ok(Payload::binary(blob.to_vec()));
+    }
+    if value.is_unit() {
+        return Err("cannot send (): give a string, a Blob, an object or an array".into());
+    }
+    if value.is_map()
+        || value.is_array()
+        || value.is_int()
+        || value.is_float()
+        || value.is_bool()
+    {
+        return serde_json::to_string(value)
+            .map(Payload::text)
+            .map_err(|e| format!("cannot send this value as JSON: {e}"));
+    }
+    Err(format!(
+        "cannot send a {}: give a string, a Blob, an object or an array",
+        value.type_name()
+    ))
+}

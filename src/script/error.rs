@@ -1,0 +1,170 @@
+//! Script errors people can act on: `file:line:col: message`, then the source line and a caret.
+//!
+//! Rhai nests an error raised inside a function in `ErrorInFunctionCall` layers, each naming
+//! the source of the function it entered; the innermost layer holds the real position.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rhai::{EvalAltResult, ParseError, Position};
+
+/// Source texts by the name given to `AST::set_source`, kept to quote the failing line.
+#[derive(Default)]
+pub struct Sources {
+    texts: HashMap<String, String>,
+}
+
+impl Sources {
+    pub fn insert(&mut self, name: &str, text: String) {
+        self.texts.insert(name.to_string(), text);
+    }
+
+    fn line(&self, name: &str, line: usize) -> Option<&str> {
+        self.texts.get(name)?.lines().nth(line.checked_sub(1)?)
+    }
+}
+
+/// What went wrong in a script, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    /// The source line, when known.
+    pub source_line: Option<String>,
+    /// True when the error is a budget (operations, time) rather than a script fault.
+    pub budget: bool,
+}
+
+impl ScriptError {
+    /// An error raised while evaluating code from `file` (the outermost source).
+    pub fn from_eval(err: &EvalAltResult, file: &str, sources: &Sources) -> Self {
+        let mut src = file.to_string();
+        let mut pos = err.position();
+        let mut inner = err;
+        while let EvalAltResult::ErrorInFunctionCall(_, fn_src, e, p) = inner {
+            if !p.is_none() {
+                pos = *p;
+            }
+            if !fn_src.is_empty() {
+                src = fn_src.clone();
+            }
+            inner = e;
+            if !inner.position().is_none() {
+                pos = inner.position();
+            }
+        }
+        let budget = matches!(
+            inner,
+            EvalAltResult::ErrorTooManyOperations(..)
+                | EvalAltResult::ErrorTerminated(..)
+                | EvalAltResult::ErrorStackOverflow(..)
+        );
+        let message = match inner {
+            EvalAltResult::ErrorTooManyOperations(..) => {
+                "stopped: the callback ran past its operation budget (an endless loop?)".into()
+            }
+            EvalAltResult::ErrorTerminated(..) => {
+                "stopped: the callback ran past its time budget (an endless loop?)".into()
+            }
+            EvalAltResult::ErrorStackOverflow(..) => {
+                "stopped: too many nested calls (endless recursion?)".into()
+            }
+            EvalAltResult::ErrorRuntime(v, _) => match v.clone().into_string() {
+                Ok(s) => s,
+                Err(t) => format!("thrown: {t}"),
+            },
+            other => first_line(&other.to_string()),
+        };
+        Self::at(src, pos, message, sources, budget)
+    }
+
+    /// A syntax error in `file`.
+    pub fn from_parse(err: &ParseError, file: &str, sources: &Sources) -> Self {
+        Self::at(
+            file.to_string(),
+            err.position(),
+            format!("syntax error: {}", err.err_type()),
+            sources,
+            false,
+        )
+    }
+
+    /// An error that is not at a script position (a missing file, a bad class name).
+    pub fn plain(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+            source_line: None,
+            budget: false,
+        }
+    }
+
+    fn at(file: String, pos: Position, message: String, sources: &Sources, budget: bool) -> Self {
+        let line = pos.line().unwrap_or(0);
+        let column = pos.position().unwrap_or(0);
+        let source_line = sources.line(&file, line).map(str::to_string);
+        Self {
+            file,
+            line,
+            column,
+            message,
+            source_line,
+            budget,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+impl ScriptError {
+    /// The source line and a caret under the column, on lines of their own ("" if unknown).
+    pub fn snippet(&self) -> String {
+        let Some(src) = &self.source_line else {
+            return String::new();
+        };
+        let gutter = format!("{:>4} | ", self.line);
+        let pad = " ".repeat(gutter.len() - 2);
+        let col = self.column.max(1) - 1;
+        let lead: String = src
+            .chars()
+            .take(col)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        format!("\n{gutter}{src}\n{pad}| {lead}^")
+    }
+}
+
+impl fmt::Display for ScriptError {
+    /// `file:line:col: message`; with `{:#}` also the source line and a caret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        } else {
+            write!(f, "{}: {}", self.file, self.message)?;
+        }
+        if f.alternate() {
+            f.write_str(&self.snippet())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+/// The name a script file goes by in messages: as given on the command line, or relative to
+/// the current directory when that is shorter.
+pub fn display_name(path: &Path) -> String {
+    let rel = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(PathBuf::from));
+    rel.unwrap_or_else(|| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}

@@ -1,0 +1,18 @@
+//! The script side: Rhai engines on worker threads, the 4D-style API, classes and errors.
+//!
+//! Nothing here touches a socket: scripts reach the network only through
+//! [`ConnectionHandle`](crate::event::ConnectionHandle)s and the listener table.
+
+mod api;
+pub mod check;
+mod classes;
+mod convert;
+mod engine;
+mod error;
+mod state;
+mod worker;
+
+pub use engine::Budget;
+pub use error::ScriptError;
+pub use state::Defaults;
+pub use worker::{Exit, WorkerHandle, WorkerOptions, spawn};

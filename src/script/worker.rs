@@ -1,0 +1,524 @@
+//! The script worker: one OS thread that owns a Rhai engine and the objects its scripts made.
+//!
+//! It runs the entry script's top level, then turns each [`Event`] into one callback, one at a
+//! time. A callback that fails is logged with file:line:col and handed to the handler's
+//! `onError`; the worker goes on with the next event. It ends when nothing the scripts created
+//! is left (or after a shutdown has closed everything).
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rhai::{CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope, AST};
+
+use super::api::{self, ConnObj, ServerObj, has_callback, share_handler};
+use super::classes::{CLASS_KEY, ClassStore, compile_file};
+use super::convert::payload_to_data;
+use super::engine::{Budget, Deadline, new_engine};
+use super::error::{ScriptError, Sources, display_name};
+use super::state::{ConnEntry, Ctx, Defaults, Registry};
+use crate::event::{ConnId, ConnectionHandle, ErrorKind, Event, Request, ServerId, Verdict};
+use crate::net::Network;
+use crate::payload::Payload;
+
+/// What a worker needs to start.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub entry: PathBuf,
+    pub defaults: Defaults,
+    pub budget: Budget,
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Everything the scripts created has ended.
+    Finished,
+    /// The entry script did not compile or its top level failed.
+    ScriptFailed(ScriptError),
+    /// A server of the entry script's top level could not listen.
+    ListenFailed(Vec<String>),
+}
+
+/// A running worker: send it events; join it for its [`Exit`].
+pub struct WorkerHandle {
+    pub events: flume::Sender<Event>,
+    pub thread: std::thread::JoinHandle<Exit>,
+}
+
+/// Starts a worker thread running `options.entry`.
+pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<WorkerHandle> {
+    let (tx, rx) = flume::unbounded();
+    let own = tx.clone();
+    let thread = std::thread::Builder::new()
+        .name("wshost-script".into())
+        // Rhai recursion runs on the native stack; its call-level limit keeps within this.
+        .stack_size(16 << 20)
+        .spawn(move || Worker::new(net, options, own, rx).run())?;
+    Ok(WorkerHandle { events: tx, thread })
+}
+
+struct Worker {
+    engine: Engine,
+    ctx: Rc<Ctx>,
+    rx: flume::Receiver<Event>,
+    entry: AST,
+    entry_path: PathBuf,
+    entry_name: String,
+    budget: Budget,
+    deadline: Deadline,
+    shutting_down: bool,
+}
+
+impl Worker {
+    fn new(
+        net: Arc<Network>,
+        options: WorkerOptions,
+        own: flume::Sender<Event>,
+        rx: flume::Receiver<Event>,
+    ) -> Self {
+        let deadline = Deadline::default();
+        let mut engine = new_engine(&options.budget, &deadline);
+        let dir = options
+            .entry
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() })
+            .unwrap_or_else(|| PathBuf::from("."));
+        let ctx = Rc::new(Ctx {
+            net,
+            events: own,
+            defaults: options.defaults,
+            registry: Default::default(),
+            classes: std::cell::RefCell::new(ClassStore::new(dir)),
+            sources: std::cell::RefCell::new(Sources::default()),
+            starting: std::cell::Cell::new(false),
+            startup_failures: Default::default(),
+        });
+        api::register(&mut engine, &ctx);
+        Self {
+            engine,
+            ctx,
+            rx,
+            entry: AST::empty(),
+            entry_name: display_name(&options.entry),
+            entry_path: options.entry,
+            budget: options.budget,
+            deadline,
+            shutting_down: false,
+        }
+    }
+
+    fn run(mut self) -> Exit {
+        let compiled = compile_file(
+            &self.engine,
+            &self.entry_path,
+            &mut self.ctx.sources.borrow_mut(),
+        );
+        self.entry = match compiled {
+            Ok(ast) => ast,
+            Err(e) => return Exit::ScriptFailed(e),
+        };
+
+        self.ctx.starting.set(true);
+        self.deadline.start(&self.budget);
+        let top = self.engine.run_ast_with_scope(&mut Scope::new(), &self.entry);
+        self.deadline.clear();
+        self.ctx.starting.set(false);
+
+        let exit = if let Err(e) = top {
+            let err = ScriptError::from_eval(&e, &self.entry_name, &self.ctx.sources.borrow());
+            Some(Exit::ScriptFailed(err))
+        } else {
+            let failures = std::mem::take(&mut *self.ctx.startup_failures.borrow_mut());
+            (!failures.is_empty()).then_some(Exit::ListenFailed(failures))
+        };
+        if exit.is_some() {
+            self.shutdown();
+        }
+        self.event_loop();
+        exit.unwrap_or(Exit::Finished)
+    }
+
+    fn event_loop(&mut self) {
+        while self.ctx.registry.borrow().alive() {
+            let Ok(event) = self.rx.recv() else { break };
+            self.handle(event);
+            self.finish_stopped_servers();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                server,
+                conn,
+                request,
+                reply,
+            } => self.on_connect(server, conn, request, reply),
+            Event::Open { conn } => {
+                let found = match self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
+                    Some(e) => {
+                        e.opened = true;
+                        true
+                    }
+                    None => false,
+                };
+                if found {
+                    self.call_conn(conn, "onOpen", event_map("open"));
+                }
+            }
+            Event::Message { conn, payload } => self.on_message(conn, payload),
+            Event::Error {
+                conn,
+                kind,
+                message,
+            } => {
+                tracing::info!("connection {conn}: {message}");
+                let opened = self
+                    .ctx
+                    .registry
+                    .borrow()
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|e| e.opened);
+                if opened {
+                    self.call_conn(conn, "onError", error_event(kind, &message, None));
+                }
+            }
+            Event::Closed { conn, code, reason } => self.on_closed(conn, code, reason),
+            Event::Listening { server } => self.call_server(server, "onOpen", event_map("open")),
+            Event::ListenFailed { server, message } => {
+                tracing::error!("{message}");
+                self.call_server(
+                    server,
+                    "onError",
+                    error_event(ErrorKind::Listen, &message, None),
+                );
+            }
+            Event::Shutdown => self.shutdown(),
+        }
+    }
+
+    /// Stops every server (each open connection gets 1001); the loop ends when all are gone.
+    fn shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let ids: Vec<ServerId> = self.ctx.registry.borrow().servers.keys().copied().collect();
+        for id in ids {
+            self.ctx.terminate_server(id);
+        }
+    }
+
+    fn on_connect(
+        &mut self,
+        server: ServerId,
+        conn: ConnectionHandle,
+        request: Request,
+        reply: tokio::sync::oneshot::Sender<Verdict>,
+    ) {
+        let handler = match self.ctx.registry.borrow().servers.get(&server) {
+            Some(s) if !s.terminated && !self.shutting_down => s.handler.clone(),
+            _ => {
+                let _ = reply.send(Verdict::Refuse(503));
+                return;
+            }
+        };
+        let wss = Dynamic::from(ServerObj { id: server });
+        let mut event = event_map("connection");
+        event.insert("request".into(), request_map(request).into());
+        let verdict = match self.invoke(&handler, "onConnection", vec![wss, event.into()]) {
+            None => {
+                self.server_error(
+                    server,
+                    ScriptError::plain(&self.entry_name, "the server handler has no onConnection"),
+                );
+                Verdict::Refuse(500)
+            }
+            Some(Ok(h)) if h.is_unit() => Verdict::Refuse(403),
+            Some(Ok(h)) => match self.accept(server, &conn, h) {
+                Ok(()) => Verdict::Accept,
+                Err(e) => {
+                    self.server_error(server, e);
+                    Verdict::Refuse(500)
+                }
+            },
+            Some(Err(e)) => {
+                self.server_error(server, e);
+                Verdict::Refuse(500)
+            }
+        };
+        let accepted = matches!(verdict, Verdict::Accept);
+        if reply.send(verdict).is_err() && accepted {
+            // The handshake timed out meanwhile: the connection will never open.
+            let mut reg = self.ctx.registry.borrow_mut();
+            reg.conns.remove(&conn.id());
+            if let Some(s) = reg.servers.get_mut(&server) {
+                s.conns.remove(&conn.id());
+            }
+        }
+    }
+
+    /// Records an accepted connection with the handler `onConnection` returned.
+    fn accept(&self, server: ServerId, conn: &ConnectionHandle, handler: Dynamic) -> Result<(), ScriptError> {
+        let handler = share_handler(handler, "onConnection")
+            .map_err(|e| ScriptError::plain(&self.entry_name, e.to_string()))?;
+        if !has_callback(&self.ctx, &handler, "onMessage") {
+            return Err(ScriptError::plain(
+                &self.entry_name,
+                "the connection handler returned by onConnection has no onMessage",
+            ));
+        }
+        let mut reg = self.ctx.registry.borrow_mut();
+        reg.conns.insert(
+            conn.id(),
+            ConnEntry {
+                handle: conn.clone(),
+                server,
+                handler,
+                opened: false,
+            },
+        );
+        if let Some(s) = reg.servers.get_mut(&server) {
+            s.conns.insert(conn.id());
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, conn: ConnId, payload: Payload) {
+        let (handle, data_type) = {
+            let reg = self.ctx.registry.borrow();
+            let Some(entry) = reg.conns.get(&conn) else { return };
+            let data_type = reg.servers.get(&entry.server).map(|s| s.data_type);
+            (entry.handle.clone(), data_type.unwrap_or(super::convert::DataType::Text))
+        };
+        match payload_to_data(payload, data_type) {
+            Ok(data) => {
+                let mut event = event_map("message");
+                event.insert("data".into(), data);
+                self.call_conn(conn, "onMessage", event);
+            }
+            Err(bad) => {
+                let message = format!("invalid JSON: {}", bad.error);
+                tracing::info!("connection {conn}: {message}");
+                let event = error_event(ErrorKind::Json, &message, Some(bad.text.into()));
+                self.call_conn(conn, "onError", event);
+            }
+        }
+        handle.message_done();
+    }
+
+    fn on_closed(&mut self, conn: ConnId, code: u16, reason: String) {
+        let (opened, server) = {
+            let mut reg = self.ctx.registry.borrow_mut();
+            let Some(entry) = reg.conns.get(&conn) else { return };
+            let (opened, server) = (entry.opened, entry.server);
+            // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
+            if let Some(s) = reg.servers.get_mut(&server) {
+                s.conns.remove(&conn);
+            }
+            if !opened {
+                reg.conns.remove(&conn);
+            }
+            (opened, server)
+        };
+        let _ = server;
+        if opened {
+            let mut event = event_map("terminate");
+            event.insert("code".into(), (code as i64).into());
+            event.insert("reason".into(), reason.into());
+            self.call_conn(conn, "onTerminate", event);
+            self.ctx.registry.borrow_mut().conns.remove(&conn);
+        }
+    }
+
+    /// Runs `onTerminate` of servers that were stopped and have no connection left.
+    fn finish_stopped_servers(&mut self) {
+        let done: Vec<ServerId> = self
+            .ctx
+            .registry
+            .borrow()
+            .servers
+            .iter()
+            .filter(|(_, s)| s.terminated && s.conns.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.call_server(id, "onTerminate", event_map("terminate"));
+            self.ctx.registry.borrow_mut().servers.remove(&id);
+        }
+    }
+
+    /// Calls connection callback `name`; a failure is logged and goes to `onError`.
+    fn call_conn(&mut self, conn: ConnId, name: &str, event: Map) {
+        let (handler, ws) = {
+            let reg: std::cell::Ref<Registry> = self.ctx.registry.borrow();
+            let Some(entry) = reg.conns.get(&conn) else { return };
+            (entry.handler.clone(), Dynamic::from(api::conn_obj(entry)))
+        };
+        let Some(Err(err)) = self.invoke(&handler, name, vec![ws.clone(), event.into()]) else {
+            return;
+        };
+        tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
+        if name != "onError" {
+            let kind = if err.budget { ErrorKind::Budget } else { ErrorKind::Script };
+            let event = error_event(kind, &err.to_string(), None);
+            if let Some(Err(e2)) = self.invoke(&handler, "onError", vec![ws, event.into()]) {
+                tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
+            }
+        }
+    }
+
+    /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
+    fn call_server(&mut self, server: ServerId, name: &str, event: Map) {
+        let Some(handler) = self
+            .ctx
+            .registry
+            .borrow()
+            .servers
+            .get(&server)
+            .map(|s| s.handler.clone())
+        else {
+            return;
+        };
+        let wss = Dynamic::from(ServerObj { id: server });
+        if let Some(Err(err)) = self.invoke(&handler, name, vec![wss, event.into()]) {
+            if name == "onError" {
+                tracing::error!("{err} (server {server}, onError){}", err.snippet());
+            } else {
+                tracing::error!("{err} (server {server}, {name}){}", err.snippet());
+                self.report_to_server(server, &handler, &err);
+            }
+        }
+    }
+
+    /// Logs a failure of the server's own code and hands it to its `onError`.
+    fn server_error(&mut self, server: ServerId, err: ScriptError) {
+        tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
+        let handler = self
+            .ctx
+            .registry
+            .borrow()
+            .servers
+            .get(&server)
+            .map(|s| s.handler.clone());
+        if let Some(handler) = handler {
+            self.report_to_server(server, &handler, &err);
+        }
+    }
+
+    fn report_to_server(&mut self, server: ServerId, handler: &Dynamic, err: &ScriptError) {
+        let kind = if err.budget { ErrorKind::Budget } else { ErrorKind::Script };
+        let event = error_event(kind, &err.to_string(), None);
+        let wss = Dynamic::from(ServerObj { id: server });
+        if let Some(Err(e2)) = self.invoke(handler, "onError", vec![wss, event.into()]) {
+            tracing::error!("{e2} (server {server}, onError){}", e2.snippet());
+        }
+    }
+
+    /// Calls callback `name` of `handler` with `this` bound to it. None if it has no such
+    /// callback: a function property (inline handler) or a method of its class.
+    fn invoke(
+        &self,
+        handler: &Dynamic,
+        name: &str,
+        mut args: Vec<Dynamic>,
+    ) -> Option<Result<Dynamic, ScriptError>> {
+        let (fn_ptr, class) = {
+            let map = handler.read_lock::<Map>()?;
+            let fn_ptr = map.get(name).and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
+            let class = map
+                .get(CLASS_KEY)
+                .and_then(|c| c.clone().into_string().ok())
+                .and_then(|c| self.ctx.classes.borrow().get(&c));
+            (fn_ptr, class)
+        };
+        let mut this = handler.clone();
+        let (result, file) = match (fn_ptr, class) {
+            (Some(f), class) => {
+                let (ast, file) = match &class {
+                    Some(c) => (&c.ast, c.file.clone()),
+                    None => (&self.entry, self.entry_name.clone()),
+                };
+                self.deadline.start(&self.budget);
+                let r = f.call_as_method::<Dynamic>(&self.engine, ast, &mut this, args);
+                (r, file)
+            }
+            (None, Some(class)) => {
+                let params = class.params(name)?;
+                args.resize(params, Dynamic::UNIT);
+                let options = CallFnOptions::new()
+                    .eval_ast(false)
+                    .bind_this_ptr(&mut this);
+                self.deadline.start(&self.budget);
+                let r = self.engine.call_fn_with_options::<Dynamic>(
+                    options,
+                    &mut Scope::new(),
+                    &class.ast,
+                    name,
+                    args,
+                );
+                (r, class.file.clone())
+            }
+            (None, None) => return None,
+        };
+        self.deadline.clear();
+        Some(result.map_err(|e| ScriptError::from_eval(&e, &file, &self.ctx.sources.borrow())))
+    }
+}
+
+fn event_map(kind: &str) -> Map {
+    let mut m = Map::new();
+    m.insert("type".into(), kind.into());
+    m
+}
+
+/// `#{type: "error", errors: [#{errCode, message, componentSignature}]}`; `data` carries the
+/// offending message when there is one (invalid JSON).
+fn error_event(kind: ErrorKind, message: &str, data: Option<Dynamic>) -> Map {
+    let mut err = Map::new();
+    err.insert("errCode".into(), (kind as i64).into());
+    err.insert("message".into(), message.into());
+    err.insert("componentSignature".into(), kind.component().into());
+    if let Some(d) = data {
+        err.insert("data".into(), d);
+    }
+    let mut m = event_map("error");
+    m.insert("errors".into(), Dynamic::from_array(vec![err.into()]));
+    m
+}
+
+/// `request` of a connection event: url, headers by lower-case name (an array when a name
+/// repeats), decoded query (likewise), remoteAddress.
+fn request_map(request: Request) -> Map {
+    let mut m = Map::new();
+    m.insert("url".into(), request.url.into());
+    m.insert("headers".into(), multi_map(request.headers).into());
+    m.insert("query".into(), multi_map(request.query).into());
+    m.insert("remoteAddress".into(), request.remote_address.into());
+    m
+}
+
+fn multi_map(pairs: Vec<(String, String)>) -> Map {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        match m.get_mut(k.as_str()) {
+            None => {
+                m.insert(k.into(), v.into());
+            }
+            Some(existing) => {
+                if let Some(mut arr) = existing.write_lock::<rhai::Array>() {
+                    arr.push(v.into());
+                    continue;
+                }
+                let first = std::mem::take(existing);
+                *existing = Dynamic::from_array(vec![first, v.into()]);
+            }
+        }
+    }
+    m
+}
+
+#[allow(dead_code)]
+fn _assert_obj(_: ConnObj) {}
