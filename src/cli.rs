@@ -12,7 +12,11 @@ use crate::host::{Host, HostConfig};
 use crate::script::Exit;
 
 #[derive(Parser, Debug)]
-#[command(name = "wshost", version, about = "Run WebSocket servers written in Rhai scripts")]
+#[command(
+    name = "wshost",
+    version,
+    about = "Run WebSocket servers written in Rhai scripts"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

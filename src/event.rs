@@ -96,7 +96,7 @@ pub struct ConnectionPort {
 impl ConnectionHandle {
     /// A new handle with an outgoing queue of `queue` messages and at most `inflight`
     /// incoming messages waiting for the worker.
-    pub fn new(status: Status, queue: usize, inflight: usize) -> ConnectionPort {
+    pub fn channel(status: Status, queue: usize, inflight: usize) -> ConnectionPort {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = ConnectionHandle {
             id: next_id(),
@@ -165,8 +165,10 @@ impl ConnectionHandle {
         if !self.begin_closing() {
             return false;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.shared.commands.try_send(Command::Close { code, reason })
+        if let Err(mpsc::error::TrySendError::Full(_)) = self
+            .shared
+            .commands
+            .try_send(Command::Close { code, reason })
         {
             // The peer is not reading; closing it is what the overflow path does anyway.
             self.shared.overflow.cancel();
@@ -256,8 +258,13 @@ pub enum Event {
         reply: oneshot::Sender<Verdict>,
     },
     /// The handshake of an accepted connection completed.
-    Open { conn: ConnId },
-    Message { conn: ConnId, payload: Payload },
+    Open {
+        conn: ConnId,
+    },
+    Message {
+        conn: ConnId,
+        payload: Payload,
+    },
     /// A network failure of the connection; `Closed` follows.
     Error {
         conn: ConnId,
@@ -271,9 +278,14 @@ pub enum Event {
         reason: String,
     },
     /// A server created by the worker is listening (queued by the worker itself).
-    Listening { server: ServerId },
+    Listening {
+        server: ServerId,
+    },
     /// A server could not start (queued by the worker itself).
-    ListenFailed { server: ServerId, message: String },
+    ListenFailed {
+        server: ServerId,
+        message: String,
+    },
     /// Stop gracefully: close every connection with 1001 and finish.
     Shutdown,
 }

@@ -34,14 +34,6 @@ impl Text {
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl From<String> for Text {
@@ -63,17 +55,5 @@ impl Payload {
 
     pub fn binary(b: impl Into<Bytes>) -> Self {
         Self::Binary(b.into())
-    }
-
-    /// Size in bytes of the message data.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Text(t) => t.len(),
-            Self::Binary(b) => b.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -80,8 +81,9 @@ pub(crate) async fn run<S>(
                         .send_async(Event::Error {
                             conn: id,
                             kind: ErrorKind::SlowPeer,
-                            message: "the peer does not read: outgoing queue full, closed with 1008"
-                                .into(),
+                            message:
+                                "the peer does not read: outgoing queue full, closed with 1008"
+                                    .into(),
                         })
                         .await;
                     (1008, "outgoing queue full".to_string())
@@ -164,21 +166,19 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
             code: 1007,
             message: format!("invalid UTF-8 in a text message: {e}"),
         },
-        WsError::Protocol(e) => match peer_close {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => match peer_close {
             // The peer reset the socket after its close frame: its close still counts.
             Some(_) => ReadEnd::Closed { peer_close },
             None => ReadEnd::Failed {
-                kind: ErrorKind::Protocol,
-                code: if matches!(
-                    e,
-                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
-                ) {
-                    1006
-                } else {
-                    1002
-                },
-                message: format!("protocol error: {e}"),
+                kind: ErrorKind::Io,
+                code: 1006,
+                message: "connection lost without a close frame".into(),
             },
+        },
+        WsError::Protocol(e) => ReadEnd::Failed {
+            kind: ErrorKind::Protocol,
+            code: 1002,
+            message: format!("protocol error: {e}"),
         },
         other => ReadEnd::Failed {
             kind: ErrorKind::Io,
@@ -316,9 +316,9 @@ where
 
 fn to_message(p: Payload) -> Message {
     match p {
-        Payload::Text(t) => Message::Text(
-            Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"),
-        ),
+        Payload::Text(t) => {
+            Message::Text(Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"))
+        }
         Payload::Binary(b) => Message::Binary(b),
     }
 }

@@ -98,14 +98,6 @@ impl Network {
         })
     }
 
-    pub fn config(&self) -> &NetConfig {
-        &self.config
-    }
-
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
-    }
-
     /// Serves `path` (every path when None) on host:port for `route`, binding the port unless
     /// a listener already holds it. Returns the bound address. Callable from any thread.
     pub fn listen(
@@ -220,6 +212,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetCo
 
 async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig) {
     let _ = stream.set_nodelay(true);
+    let timeout = config.handshake_timeout;
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let config = config.clone();
@@ -227,16 +220,12 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, 
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Some(config_timeout()))
+        .header_read_timeout(Some(timeout))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!("http connection from {peer}: {e}");
     }
-}
-
-fn config_timeout() -> std::time::Duration {
-    NetConfig::default().handshake_timeout
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -286,13 +275,18 @@ async fn handle_request(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return plain(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key.\n");
     };
-    let route = shared.routes.read().unwrap().find(req.uri().path()).cloned();
+    let route = shared
+        .routes
+        .read()
+        .unwrap()
+        .find(req.uri().path())
+        .cloned();
     let Some(route) = route else {
         return plain(StatusCode::NOT_FOUND, "No WebSocket server on this path.\n");
     };
 
     let request = describe(&req, peer);
-    let port = ConnectionHandle::new(Status::Connecting, config.send_queue, config.inflight);
+    let port = ConnectionHandle::channel(Status::Connecting, config.send_queue, config.inflight);
     let handle = port.handle.clone();
     let (reply_tx, reply_rx) = oneshot::channel();
     let asked = route
@@ -344,8 +338,7 @@ async fn handle_request(
                     Some(ws_config),
                 )
                 .await;
-                super::connection::run(ws, port.handle, port.commands, events, close_timeout)
-                    .await;
+                super::connection::run(ws, port.handle, port.commands, events, close_timeout).await;
             }
             Err(e) => {
                 tracing::debug!("connection {}: upgrade failed: {e}", handle.id());

@@ -78,7 +78,9 @@ fn register_server_class(engine: &mut Engine, ctx: &Rc<Ctx>) {
             new_server(&c, &ncc, handler, options)
         },
     );
-    engine.register_fn("to_string", |_: &mut ServerClass| "WebSocketServer".to_string());
+    engine.register_fn("to_string", |_: &mut ServerClass| {
+        "WebSocketServer".to_string()
+    });
 }
 
 struct ServerOptions {
@@ -128,7 +130,9 @@ fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
                     .into_string()
                     .ok()
                     .and_then(|s| DataType::parse(&s))
-                    .ok_or_else(|| bad_option("dataType", "\"text\", \"blob\" or \"object\"", &value))?;
+                    .ok_or_else(|| {
+                        bad_option("dataType", "\"text\", \"blob\" or \"object\"", &value)
+                    })?;
             }
             other => {
                 return Err(format!(
@@ -175,7 +179,12 @@ pub fn has_callback(ctx: &Ctx, handler: &Dynamic, name: &str) -> bool {
         .is_some_and(|class| class.params(name).is_some())
 }
 
-fn new_server(ctx: &Rc<Ctx>, _ncc: &NativeCallContext, handler: Dynamic, options: Map) -> Res<ServerObj> {
+fn new_server(
+    ctx: &Rc<Ctx>,
+    _ncc: &NativeCallContext,
+    handler: Dynamic,
+    options: Map,
+) -> Res<ServerObj> {
     let handler = share_handler(handler, "WebSocketServer.new")?;
     if !has_callback(ctx, &handler, "onConnection") {
         return Err("WebSocketServer.new: the handler has no onConnection callback".into());
@@ -219,7 +228,10 @@ fn new_server(ctx: &Rc<Ctx>, _ncc: &NativeCallContext, handler: Dynamic, options
             if ctx.starting.get() {
                 ctx.startup_failures.borrow_mut().push(message.clone());
             }
-            Event::ListenFailed { server: id, message }
+            Event::ListenFailed {
+                server: id,
+                message,
+            }
         }
     };
     let _ = ctx.events.send(event);
@@ -239,14 +251,17 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
         },
     );
     engine.register_get("name", |c: &mut ClassRef| c.class.name.clone());
-    engine.register_fn("to_string", |c: &mut ClassRef| format!("cs.{}", c.class.name));
+    engine.register_fn("to_string", |c: &mut ClassRef| {
+        format!("cs.{}", c.class.name)
+    });
     // `cs.Name.new(…)` with up to six constructor arguments.
     engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
         instantiate(&ncc, c, vec![])
     });
-    engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic| {
-        instantiate(&ncc, c, vec![a])
-    });
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic| instantiate(&ncc, c, vec![a]),
+    );
     engine.register_fn(
         "new",
         |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic| {
@@ -261,9 +276,12 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
     );
     engine.register_fn(
         "new",
-        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic, d: Dynamic, e: Dynamic| {
-            instantiate(&ncc, c, vec![a, b, d, e])
-        },
+        |ncc: NativeCallContext,
+         c: &mut ClassRef,
+         a: Dynamic,
+         b: Dynamic,
+         d: Dynamic,
+         e: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e]) },
     );
     engine.register_fn(
         "new",
@@ -379,12 +397,18 @@ fn register_server(engine: &mut Engine, ctx: &Rc<Ctx>) {
             .is_none_or(|e| e.terminated)
     });
     let c = ctx.clone();
-    engine.register_fn("terminate", move |s: &mut ServerObj| c.terminate_server(s.id));
+    engine.register_fn("terminate", move |s: &mut ServerObj| {
+        c.terminate_server(s.id)
+    });
     engine.register_get("id", |s: &mut ServerObj| s.id as i64);
     engine.register_fn("==", |a: ServerObj, b: ServerObj| a.id == b.id);
     engine.register_fn("!=", |a: ServerObj, b: ServerObj| a.id != b.id);
-    engine.register_fn("to_string", |s: &mut ServerObj| format!("WebSocketServer#{}", s.id));
-    engine.register_fn("to_debug", |s: &mut ServerObj| format!("WebSocketServer#{}", s.id));
+    engine.register_fn("to_string", |s: &mut ServerObj| {
+        format!("WebSocketServer#{}", s.id)
+    });
+    engine.register_fn("to_debug", |s: &mut ServerObj| {
+        format!("WebSocketServer#{}", s.id)
+    });
 }
 
 pub fn conn_obj(e: &ConnEntry) -> ConnObj {
@@ -396,7 +420,9 @@ pub fn conn_obj(e: &ConnEntry) -> ConnObj {
 
 fn register_connection(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_get("id", |c: &mut ConnObj| c.handle.id() as i64);
-    engine.register_get("status", |c: &mut ConnObj| c.handle.status().as_str().to_string());
+    engine.register_get("status", |c: &mut ConnObj| {
+        c.handle.status().as_str().to_string()
+    });
     engine.register_get("wss", |c: &mut ConnObj| ServerObj { id: c.server });
     let cx = ctx.clone();
     engine.register_get("handler", move |c: &mut ConnObj| {
@@ -424,13 +450,21 @@ fn register_connection(engine: &mut Engine, ctx: &Rc<Ctx>) {
             terminate(&c.handle, code, reason)
         },
     );
-    engine.register_fn("==", |a: ConnObj, b: ConnObj| a.handle.id() == b.handle.id());
-    engine.register_fn("!=", |a: ConnObj, b: ConnObj| a.handle.id() != b.handle.id());
+    engine.register_fn("==", |a: ConnObj, b: ConnObj| {
+        a.handle.id() == b.handle.id()
+    });
+    engine.register_fn("!=", |a: ConnObj, b: ConnObj| {
+        a.handle.id() != b.handle.id()
+    });
     engine.register_fn("to_string", |c: &mut ConnObj| {
         format!("WebSocketConnection#{}", c.handle.id())
     });
     engine.register_fn("to_debug", |c: &mut ConnObj| {
-        format!("WebSocketConnection#{} ({})", c.handle.id(), c.handle.status().as_str())
+        format!(
+            "WebSocketConnection#{} ({})",
+            c.handle.id(),
+            c.handle.status().as_str()
+        )
     });
 }
 

@@ -42,13 +42,14 @@ pub fn payload_to_data(payload: Payload, data_type: DataType) -> Result<Dynamic,
     match (payload, data_type) {
         (Payload::Binary(b), _) => Ok(Dynamic::from_blob(Blob::from(b.as_ref()))),
         (Payload::Text(t), DataType::Blob) => Ok(Dynamic::from_blob(t.as_str().as_bytes().into())),
-        (Payload::Text(t), DataType::Text) => Ok(Dynamic::from(rhai::ImmutableString::from(t.as_str()))),
-        (Payload::Text(t), DataType::Object) => {
-            serde_json::from_str::<Dynamic>(t.as_str()).map_err(|e| BadJson {
+        (Payload::Text(t), DataType::Text) => {
+            Ok(Dynamic::from(rhai::ImmutableString::from(t.as_str())))
+        }
+        (Payload::Text(t), DataType::Object) => serde_json::from_str::<Dynamic>(t.as_str())
+            .map_err(|e| BadJson {
                 text: t.as_str().to_string(),
                 error: e.to_string(),
-            })
-        }
+            }),
     }
 }
 
@@ -65,12 +66,7 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
     if value.is_unit() {
         return Err("cannot send (): give a string, a Blob, an object or an array".into());
     }
-    if value.is_map()
-        || value.is_array()
-        || value.is_int()
-        || value.is_float()
-        || value.is_bool()
-    {
+    if value.is_map() || value.is_array() || value.is_int() || value.is_float() || value.is_bool() {
         return serde_json::to_string(value)
             .map(Payload::text)
             .map_err(|e| format!("cannot send this value as JSON: {e}"));

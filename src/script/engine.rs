@@ -56,6 +56,9 @@ pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
     });
     engine.set_max_operations(budget.max_operations);
     engine.set_max_call_levels(budget.max_call_levels);
+    // Rhai's debug-build defaults (64/32) reject ordinary handler code; the parser recurses
+    // on the native stack, which the worker thread sizes for this.
+    engine.set_max_expr_depths(256, 128);
     let deadline = deadline.clone();
     engine.on_progress(move |ops| {
         // Reading the clock on every operation would cost more than the script.

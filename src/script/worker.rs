@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rhai::{CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope, AST};
+use rhai::{AST, CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
 
-use super::api::{self, ConnObj, ServerObj, has_callback, share_handler};
+use super::api::{self, ServerObj, has_callback, share_handler};
 use super::classes::{CLASS_KEY, ClassStore, compile_file};
 use super::convert::payload_to_data;
 use super::engine::{Budget, Deadline, new_engine};
@@ -82,7 +82,13 @@ impl Worker {
         let dir = options
             .entry
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
             .unwrap_or_else(|| PathBuf::from("."));
         let ctx = Rc::new(Ctx {
             net,
@@ -121,7 +127,9 @@ impl Worker {
 
         self.ctx.starting.set(true);
         self.deadline.start(&self.budget);
-        let top = self.engine.run_ast_with_scope(&mut Scope::new(), &self.entry);
+        let top = self
+            .engine
+            .run_ast_with_scope(&mut Scope::new(), &self.entry);
         self.deadline.clear();
         self.ctx.starting.set(false);
 
@@ -261,7 +269,12 @@ impl Worker {
     }
 
     /// Records an accepted connection with the handler `onConnection` returned.
-    fn accept(&self, server: ServerId, conn: &ConnectionHandle, handler: Dynamic) -> Result<(), ScriptError> {
+    fn accept(
+        &self,
+        server: ServerId,
+        conn: &ConnectionHandle,
+        handler: Dynamic,
+    ) -> Result<(), ScriptError> {
         let handler = share_handler(handler, "onConnection")
             .map_err(|e| ScriptError::plain(&self.entry_name, e.to_string()))?;
         if !has_callback(&self.ctx, &handler, "onMessage") {
@@ -289,9 +302,14 @@ impl Worker {
     fn on_message(&mut self, conn: ConnId, payload: Payload) {
         let (handle, data_type) = {
             let reg = self.ctx.registry.borrow();
-            let Some(entry) = reg.conns.get(&conn) else { return };
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
             let data_type = reg.servers.get(&entry.server).map(|s| s.data_type);
-            (entry.handle.clone(), data_type.unwrap_or(super::convert::DataType::Text))
+            (
+                entry.handle.clone(),
+                data_type.unwrap_or(super::convert::DataType::Text),
+            )
         };
         match payload_to_data(payload, data_type) {
             Ok(data) => {
@@ -312,7 +330,9 @@ impl Worker {
     fn on_closed(&mut self, conn: ConnId, code: u16, reason: String) {
         let (opened, server) = {
             let mut reg = self.ctx.registry.borrow_mut();
-            let Some(entry) = reg.conns.get(&conn) else { return };
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
             let (opened, server) = (entry.opened, entry.server);
             // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
             if let Some(s) = reg.servers.get_mut(&server) {
@@ -354,7 +374,9 @@ impl Worker {
     fn call_conn(&mut self, conn: ConnId, name: &str, event: Map) {
         let (handler, ws) = {
             let reg: std::cell::Ref<Registry> = self.ctx.registry.borrow();
-            let Some(entry) = reg.conns.get(&conn) else { return };
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
             (entry.handler.clone(), Dynamic::from(api::conn_obj(entry)))
         };
         let Some(Err(err)) = self.invoke(&handler, name, vec![ws.clone(), event.into()]) else {
@@ -362,7 +384,11 @@ impl Worker {
         };
         tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
         if name != "onError" {
-            let kind = if err.budget { ErrorKind::Budget } else { ErrorKind::Script };
+            let kind = if err.budget {
+                ErrorKind::Budget
+            } else {
+                ErrorKind::Script
+            };
             let event = error_event(kind, &err.to_string(), None);
             if let Some(Err(e2)) = self.invoke(&handler, "onError", vec![ws, event.into()]) {
                 tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
@@ -409,7 +435,11 @@ impl Worker {
     }
 
     fn report_to_server(&mut self, server: ServerId, handler: &Dynamic, err: &ScriptError) {
-        let kind = if err.budget { ErrorKind::Budget } else { ErrorKind::Script };
+        let kind = if err.budget {
+            ErrorKind::Budget
+        } else {
+            ErrorKind::Script
+        };
         let event = error_event(kind, &err.to_string(), None);
         let wss = Dynamic::from(ServerObj { id: server });
         if let Some(Err(e2)) = self.invoke(handler, "onError", vec![wss, event.into()]) {
@@ -427,7 +457,9 @@ impl Worker {
     ) -> Option<Result<Dynamic, ScriptError>> {
         let (fn_ptr, class) = {
             let map = handler.read_lock::<Map>()?;
-            let fn_ptr = map.get(name).and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
+            let fn_ptr = map
+                .get(name)
+                .and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
             let class = map
                 .get(CLASS_KEY)
                 .and_then(|c| c.clone().into_string().ok())
@@ -519,6 +551,3 @@ fn multi_map(pairs: Vec<(String, String)>) -> Map {
     }
     m
 }
-
-#[allow(dead_code)]
-fn _assert_obj(_: ConnObj) {}

@@ -1,0 +1,87 @@
+//! The command line: exit codes and messages for good and bad input.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn check_accepts_the_example_scripts() {
+    let (status, stdout, stderr) = run_cli(&[
+        "check",
+        "scripts/chat.rhai",
+        "scripts/echo.rhai",
+        "scripts/uppercase.rhai",
+    ]);
+    assert!(status.success(), "{stderr}");
+    // The classes chat.rhai names are checked too.
+    assert!(stdout.contains("scripts/ChatServer.rhai"), "{stdout}");
+    assert!(stdout.contains("scripts/ChatConnection.rhai"), "{stdout}");
+}
+
+#[test]
+fn check_reports_a_syntax_error_with_file_line_col_and_the_source_line() {
+    let (status, _, stderr) = run_cli(&["check", &fixture("broken.rhai")]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("tests/fixtures/broken.rhai:3:"), "{stderr}");
+    assert!(stderr.contains("let y = (x + ;"), "{stderr}");
+    assert!(stderr.contains('^'), "{stderr}");
+}
+
+#[test]
+fn run_reports_a_broken_script_and_exits_1() {
+    let (status, _, stderr) = run_cli(&["run", &fixture("broken.rhai"), "--port", "0"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("tests/fixtures/broken.rhai:3:"), "{stderr}");
+}
+
+#[test]
+fn run_of_a_script_that_starts_nothing_exits_0() {
+    let (status, stdout, stderr) = run_cli(&["run", &fixture("nothing.rhai")]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("nothing to serve"));
+}
+
+#[test]
+fn missing_file_is_one_line_and_exit_2() {
+    let (status, _, stderr) = run_cli(&["run", "no/such/script.rhai"]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no/such/script.rhai"), "{stderr}");
+}
+
+#[test]
+fn unknown_option_is_one_line_and_exit_2() {
+    let (status, _, stderr) = run_cli(&["run", "scripts/echo.rhai", "--prot", "1"]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--prot"), "{stderr}");
+}
+
+#[test]
+fn port_in_use_is_a_clear_error_and_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (status, _, stderr) = run_cli(&["run", "scripts/echo.rhai", "--port", &port]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+}
+
+#[test]
+fn bad_server_options_are_catchable_script_errors() {
+    let (status, stdout, stderr) = run_cli(&["run", &fixture("bad_option.rhai"), "--port", "0"]);
+    assert!(
+        stdout.contains("caught: unknown option \"prot\""),
+        "{stdout}"
+    );
+    // Uncaught at top level: the run fails with the location of the call.
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("tests/fixtures/bad_option.rhai:7:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dataType"), "{stderr}");
+}
