@@ -47,6 +47,12 @@ struct RunArgs {
     /// Address for servers whose options have no `host`.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// A PEM file of extra certificate authorities for wss:// clients to trust.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Arguments for the script, in its `ARGS` array (after `--` if they start with `-`).
+    #[arg(trailing_var_arg = true)]
+    args: Vec<String>,
 }
 
 /// Runs the command line `args` (including the program name); returns the exit code.
@@ -94,16 +100,24 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: no such script: {}", args.script.display());
         return ExitCode::from(2);
     }
-    let config = HostConfig {
+    if let Some(ca) = &args.ca_file
+        && !ca.is_file()
+    {
+        eprintln!("error: no such CA file: {}", ca.display());
+        return ExitCode::from(2);
+    }
+    let mut config = HostConfig {
         host: args.host,
         port: args.port,
+        args: args.args,
         ..HostConfig::default()
     };
+    config.net.extra_ca = args.ca_file;
     let host = match Host::start(&args.script, config) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(1);
+            return ExitCode::from(2);
         }
     };
     match host.wait(true) {

@@ -125,6 +125,16 @@ impl ConnectionHandle {
         self.shared.status.store(status as u8, Ordering::Release);
     }
 
+    /// Moves from `Connecting` to `Connected` (a `terminate()` meanwhile keeps `Closing`).
+    pub fn connected(&self) {
+        let _ = self.shared.status.compare_exchange(
+            Status::Connecting as u8,
+            Status::Connected as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// Moves to `Closing` unless already closing or closed; true if it moved.
     pub fn begin_closing(&self) -> bool {
         let mut cur = self.shared.status.load(Ordering::Acquire);
@@ -231,6 +241,12 @@ pub enum ErrorKind {
     TooBig = 22,
     /// The peer did not read its messages fast enough.
     SlowPeer = 23,
+    /// A client could not connect (refused, DNS, timeout).
+    Connect = 24,
+    /// A client's TLS handshake failed.
+    Tls = 25,
+    /// The server refused a client's upgrade request (HTTP status).
+    Refused = 26,
     /// A server could not listen.
     Listen = 30,
 }
@@ -240,9 +256,14 @@ impl ErrorKind {
         match self {
             Self::Script | Self::Budget => "wshost.script",
             Self::Json => "wshost.json",
-            Self::Io | Self::Protocol | Self::TooBig | Self::SlowPeer | Self::Listen => {
-                "wshost.net"
-            }
+            Self::Io
+            | Self::Protocol
+            | Self::TooBig
+            | Self::SlowPeer
+            | Self::Connect
+            | Self::Tls
+            | Self::Refused
+            | Self::Listen => "wshost.net",
         }
     }
 }
@@ -276,6 +297,8 @@ pub enum Event {
         conn: ConnId,
         code: u16,
         reason: String,
+        /// The closing handshake completed (the peer's close frame came).
+        clean: bool,
     },
     /// A server created by the worker is listening (queued by the worker itself).
     Listening {

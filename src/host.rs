@@ -23,6 +23,8 @@ pub struct HostConfig {
     pub budget: Budget,
     /// How long a graceful stop may take before the host gives up waiting.
     pub shutdown_timeout: Duration,
+    /// The script's `ARGS` array.
+    pub args: Vec<String>,
 }
 
 impl Default for HostConfig {
@@ -33,6 +35,7 @@ impl Default for HostConfig {
             net: NetConfig::default(),
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
+            args: Vec::new(),
         }
     }
 }
@@ -63,11 +66,12 @@ impl Host {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        let net = Network::new(runtime.handle().clone(), config.net);
+        let net = Network::new(runtime.handle().clone(), config.net)?;
         let worker = script::spawn(
             net,
             WorkerOptions {
                 entry: entry.into(),
+                args: config.args,
                 defaults: Defaults {
                     host: config.host,
                     port: config.port,

@@ -155,7 +155,10 @@ async fn instance_state_persists_across_callbacks() {
 async fn server_and_connection_properties() {
     let host = Host::start(&fixture("features.rhai"));
     let mut ws = connect(&host.url("/")).await;
-    let _second = connect(&host.url("/")).await;
+    let mut second = connect(&host.url("/")).await;
+    // A round trip, so the worker has seen the second connection open.
+    send_text(&mut second, "count").await;
+    recv_text(&mut second).await;
     send_text(&mut ws, "props").await;
     let props: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
     assert_eq!(props["port"], host.port);

@@ -44,7 +44,7 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = handle.id();
-    handle.set_status(Status::Connected);
+    handle.connected();
     if events.send_async(Event::Open { conn: id }).await.is_err() {
         return;
     }
@@ -59,6 +59,14 @@ pub(crate) async fn run<S>(
     let (read_end, write_end) = tokio::join!(reader, writer);
 
     handle.set_status(Status::Closed);
+    let clean = matches!(
+        read_end,
+        ReadEnd::Closed {
+            peer_close: Some(_)
+        } | ReadEnd::Stopped {
+            peer_close: Some(_)
+        }
+    );
     let (code, reason) = match read_end {
         ReadEnd::Failed {
             kind,
@@ -99,6 +107,7 @@ pub(crate) async fn run<S>(
             conn: id,
             code,
             reason,
+            clean,
         })
         .await;
 }

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::NetConfig;
@@ -86,16 +86,32 @@ struct Listener {
 pub struct Network {
     runtime: tokio::runtime::Handle,
     config: NetConfig,
+    tls: Arc<rustls::ClientConfig>,
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
 }
 
 impl Network {
-    pub fn new(runtime: tokio::runtime::Handle, config: NetConfig) -> Arc<Self> {
-        Arc::new(Self {
+    /// Fails only if the extra CA file of `config` cannot be used.
+    pub fn new(runtime: tokio::runtime::Handle, config: NetConfig) -> anyhow::Result<Arc<Self>> {
+        let tls = super::client::tls_config(config.extra_ca.as_deref())?;
+        Ok(Arc::new(Self {
             runtime,
             config,
+            tls,
             listeners: Mutex::new(HashMap::new()),
-        })
+        }))
+    }
+
+    pub(crate) fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    pub(super) fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     /// Serves `path` (every path when None) on host:port for `route`, binding the port unless
@@ -324,10 +340,7 @@ async fn handle_request(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let events = route.events.clone();
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_frame_size));
+    let ws_config = config.websocket();
     let close_timeout = config.close_timeout;
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -348,6 +361,7 @@ async fn handle_request(
                         conn: handle.id(),
                         code: 1006,
                         reason: String::new(),
+                        clean: false,
                     })
                     .await;
             }

@@ -6,12 +6,17 @@
 //! [`Event`]: crate::event::Event
 //! [`Command`]: crate::event::Command
 
+mod client;
 mod connection;
 mod listener;
 
+pub use client::ClientRequest;
 pub use listener::{Network, Route};
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Settings of the network side that are the same for every server of a host.
 #[derive(Clone, Debug)]
@@ -30,6 +35,17 @@ pub struct NetConfig {
     pub handshake_timeout: Duration,
     /// Time allowed for the peer to answer a close frame.
     pub close_timeout: Duration,
+    /// A PEM file of extra certificate authorities that clients (`wss://`) trust.
+    pub extra_ca: Option<PathBuf>,
+}
+
+impl NetConfig {
+    fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size)
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size))
+    }
 }
 
 impl Default for NetConfig {
@@ -42,6 +58,7 @@ impl Default for NetConfig {
             inflight: 64,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
+            extra_ca: None,
         }
     }
 }

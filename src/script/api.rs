@@ -3,17 +3,18 @@
 //! [`Ctx`], every write becomes a command to a socket task.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use rhai::{
     Array, CallFnOptions, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Module,
     NativeCallContext, Scope,
 };
 
-use super::classes::{CLASS_KEY, Class};
+use super::classes::{CLASS_KEY, Script};
 use super::convert::{DataType, data_to_payload};
-use super::state::{ConnEntry, Ctx, ServerEntry};
-use crate::event::{ConnectionHandle, Event, SendError, ServerId, next_id};
-use crate::net::Route;
+use super::state::{ConnEntry, Ctx, ServerEntry, Side, Timer};
+use crate::event::{ConnectionHandle, Event, SendError, ServerId, Status, next_id};
+use crate::net::{ClientRequest, Route};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -28,7 +29,17 @@ pub struct ClassStoreRef;
 /// `cs.Name`: `cs.Name.new(…)` makes an instance.
 #[derive(Clone)]
 pub struct ClassRef {
-    class: Rc<Class>,
+    class: Rc<Script>,
+}
+
+/// The global `WebSocket` (its `new` opens client connections).
+#[derive(Clone)]
+pub struct ClientClass;
+
+/// A client `WebSocket` as scripts hold it.
+#[derive(Clone)]
+pub struct ClientObj {
+    pub handle: ConnectionHandle,
 }
 
 /// A `WebSocketServer` as scripts hold it.
@@ -45,11 +56,19 @@ pub struct ConnObj {
 }
 
 /// Registers the whole API on `engine`; natives reach the worker through `ctx`.
-pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
+/// `args` is the script's `ARGS` (the command line after the script).
+pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     let mut globals = Module::new();
     globals.set_var("WebSocketServer", ServerClass);
+    globals.set_var("WebSocket", ClientClass);
     globals.set_var("cs", ClassStoreRef);
+    let args: Array = args.iter().map(|a| Dynamic::from(a.clone())).collect();
+    globals.set_var("ARGS", args);
     engine.register_global_module(globals.into());
+    engine.register_type_with_name::<ClientClass>("WebSocketClass");
+    engine.register_type_with_name::<ClientObj>("WebSocket");
+    register_client(engine, ctx);
+    register_timers(engine, ctx);
 
     engine.register_type_with_name::<ServerClass>("WebSocketServerClass");
     engine.register_type_with_name::<ClassStoreRef>("ClassStore");
@@ -175,13 +194,13 @@ pub fn has_callback(ctx: &Ctx, handler: &Dynamic, name: &str) -> bool {
     }
     map.get(CLASS_KEY)
         .and_then(|c| c.clone().into_string().ok())
-        .and_then(|c| ctx.classes.borrow().get(&c))
+        .and_then(|c| ctx.classes.borrow().class(&c))
         .is_some_and(|class| class.params(name).is_some())
 }
 
 fn new_server(
     ctx: &Rc<Ctx>,
-    _ncc: &NativeCallContext,
+    ncc: &NativeCallContext,
     handler: Dynamic,
     options: Map,
 ) -> Res<ServerObj> {
@@ -206,6 +225,7 @@ fn new_server(
         id,
         ServerEntry {
             handler,
+            home: ncc.call_source().map(str::to_string),
             host: opts.host,
             port,
             addr,
@@ -250,11 +270,11 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
             Ok(ClassRef { class })
         },
     );
-    engine.register_get("name", |c: &mut ClassRef| c.class.name.clone());
+    engine.register_get("name", |c: &mut ClassRef| class_name(c));
     engine.register_fn("to_string", |c: &mut ClassRef| {
-        format!("cs.{}", c.class.name)
+        format!("cs.{}", class_name(c))
     });
-    // `cs.Name.new(…)` with up to six constructor arguments.
+    // `cs.Name.new(…)` with up to five constructor arguments.
     engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
         instantiate(&ncc, c, vec![])
     });
@@ -293,20 +313,23 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
          e: Dynamic,
          f: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e, f]) },
     );
-    let _ = ctx;
+}
+
+fn class_name(c: &ClassRef) -> String {
+    c.class.class.clone().unwrap_or_default()
 }
 
 /// A new instance of a class: an object map naming its class, built by `constructor`.
 fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
     let class = &c.class;
+    let name = class_name(c);
     let mut map = Map::new();
-    map.insert(CLASS_KEY.into(), class.name.clone().into());
+    map.insert(CLASS_KEY.into(), name.clone().into());
     let mut this = Dynamic::from_map(map).into_shared();
     if let Some(n) = class.params("constructor") {
         if args.len() > n {
             return Err(format!(
-                "cs.{}.new: the constructor takes {n} argument(s), got {}",
-                class.name,
+                "cs.{name}.new: the constructor takes {n} argument(s), got {}",
                 args.len()
             )
             .into());
@@ -338,7 +361,7 @@ fn register_server(engine: &mut Engine, ctx: &Rc<Ctx>) {
             .iter()
             .filter_map(|id| reg.conns.get(id))
             .filter(|e| e.opened)
-            .map(|e| Dynamic::from(conn_obj(e)))
+            .map(|e| Dynamic::from(conn_obj(e, s.id)))
             .collect()
     });
     let c = ctx.clone();
@@ -411,10 +434,20 @@ fn register_server(engine: &mut Engine, ctx: &Rc<Ctx>) {
     });
 }
 
-pub fn conn_obj(e: &ConnEntry) -> ConnObj {
+pub fn conn_obj(e: &ConnEntry, server: ServerId) -> ConnObj {
     ConnObj {
         handle: e.handle.clone(),
-        server: e.server,
+        server,
+    }
+}
+
+/// The object a callback gets as `ws`: a server-side connection or a client.
+pub fn conn_value(e: &ConnEntry) -> Dynamic {
+    match &e.side {
+        Side::Server(server) => Dynamic::from(conn_obj(e, *server)),
+        Side::Client { .. } => Dynamic::from(ClientObj {
+            handle: e.handle.clone(),
+        }),
     }
 }
 
@@ -497,4 +530,245 @@ fn terminate(handle: &ConnectionHandle, code: i64, reason: ImmutableString) -> R
     }
     handle.close(code as u16, reason.to_string());
     Ok(())
+}
+
+fn register_client(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    let c = ctx.clone();
+    engine.register_fn(
+        "new",
+        move |ncc: NativeCallContext, _: &mut ClientClass, url: ImmutableString| {
+            new_client(&c, &ncc, &url, None)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn(
+        "new",
+        move |ncc: NativeCallContext,
+              _: &mut ClientClass,
+              url: ImmutableString,
+              handler: Dynamic| { new_client(&c, &ncc, &url, Some(handler)) },
+    );
+    engine.register_fn("to_string", |_: &mut ClientClass| "WebSocket".to_string());
+    engine.register_get("id", |c: &mut ClientObj| c.handle.id() as i64);
+    engine.register_get("status", |c: &mut ClientObj| {
+        c.handle.status().as_str().to_string()
+    });
+    let cx = ctx.clone();
+    engine.register_get("url", move |c: &mut ClientObj| {
+        match cx
+            .registry
+            .borrow()
+            .conns
+            .get(&c.handle.id())
+            .map(|e| &e.side)
+        {
+            Some(Side::Client { url }) => url.clone(),
+            _ => String::new(),
+        }
+    });
+    let cx = ctx.clone();
+    engine.register_get("dataType", move |c: &mut ClientObj| {
+        cx.registry
+            .borrow()
+            .conns
+            .get(&c.handle.id())
+            .map(|e| e.data_type.as_str())
+            .unwrap_or("text")
+            .to_string()
+    });
+    let cx = ctx.clone();
+    engine.register_get("handler", move |c: &mut ClientObj| {
+        cx.registry
+            .borrow()
+            .conns
+            .get(&c.handle.id())
+            .map(|e| e.handler.clone())
+            .unwrap_or(Dynamic::UNIT)
+    });
+    engine.register_fn("send", |c: &mut ClientObj, message: Dynamic| -> Res<()> {
+        send(&c.handle, data_to_payload(&message)?);
+        Ok(())
+    });
+    engine.register_fn("terminate", |c: &mut ClientObj| {
+        c.handle.close(1000, String::new());
+    });
+    engine.register_fn("terminate", |c: &mut ClientObj, code: i64| -> Res<()> {
+        terminate(&c.handle, code, ImmutableString::new())
+    });
+    engine.register_fn(
+        "terminate",
+        |c: &mut ClientObj, code: i64, reason: ImmutableString| -> Res<()> {
+            terminate(&c.handle, code, reason)
+        },
+    );
+    engine.register_fn("==", |a: ClientObj, b: ClientObj| {
+        a.handle.id() == b.handle.id()
+    });
+    engine.register_fn("!=", |a: ClientObj, b: ClientObj| {
+        a.handle.id() != b.handle.id()
+    });
+    engine.register_fn("to_string", |c: &mut ClientObj| {
+        format!("WebSocket#{}", c.handle.id())
+    });
+    engine.register_fn("to_debug", |c: &mut ClientObj| {
+        format!(
+            "WebSocket#{} ({})",
+            c.handle.id(),
+            c.handle.status().as_str()
+        )
+    });
+}
+
+/// Checks a client URL: `ws://` or `wss://`, with a host.
+fn check_url(url: &str) -> Res<()> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| format!("WebSocket.new: cannot parse URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("ws") | Some("wss") => {}
+        Some(other) => {
+            return Err(format!(
+                "WebSocket.new: URL {url:?} has scheme {other:?}; expected ws:// or wss://"
+            )
+            .into());
+        }
+        None => {
+            return Err(format!(
+                "WebSocket.new: URL {url:?} has no scheme; expected ws:// or wss://"
+            )
+            .into());
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("WebSocket.new: URL {url:?} has no host").into());
+    }
+    Ok(())
+}
+
+/// `handler.headers`: name → string, or array of strings (the header repeats).
+fn client_headers(handler: &Map) -> Res<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let Some(headers) = handler.get("headers") else {
+        return Ok(out);
+    };
+    if headers.is_unit() {
+        return Ok(out);
+    }
+    let Some(map) = headers.read_lock::<Map>() else {
+        return Err(format!(
+            "WebSocket.new: handler.headers must be an object, got {}",
+            headers.type_name()
+        )
+        .into());
+    };
+    for (name, value) in map.iter() {
+        if let Some(list) = value.read_lock::<Array>() {
+            for v in list.iter() {
+                out.push((name.to_string(), header_value(name, v)?));
+            }
+        } else {
+            out.push((name.to_string(), header_value(name, value)?));
+        }
+    }
+    Ok(out)
+}
+
+fn header_value(name: &str, v: &Dynamic) -> Res<String> {
+    if let Ok(s) = v.as_immutable_string_ref() {
+        return Ok(s.to_string());
+    }
+    if v.is_int() || v.is_float() || v.is_bool() {
+        return Ok(v.to_string());
+    }
+    Err(format!(
+        "WebSocket.new: header {name} must be a string, got {}",
+        v.type_name()
+    )
+    .into())
+}
+
+fn new_client(
+    ctx: &Rc<Ctx>,
+    ncc: &NativeCallContext,
+    url: &str,
+    handler: Option<Dynamic>,
+) -> Res<ClientObj> {
+    check_url(url)?;
+    let handler = match handler {
+        None => Dynamic::from_map(Map::new()).into_shared(),
+        Some(h) if h.is_unit() => Dynamic::from_map(Map::new()).into_shared(),
+        Some(h) => share_handler(h, "WebSocket.new")?,
+    };
+    let (headers, data_type) = {
+        let map = handler
+            .read_lock::<Map>()
+            .expect("share_handler checked a map");
+        let data_type = match map.get("dataType") {
+            None => DataType::Text,
+            Some(v) if v.is_unit() => DataType::Text,
+            Some(v) => v
+                .clone()
+                .into_string()
+                .ok()
+                .and_then(|s| DataType::parse(&s))
+                .ok_or_else(|| bad_option("dataType", "\"text\", \"blob\" or \"object\"", v))?,
+        };
+        (client_headers(&map)?, data_type)
+    };
+    let config = ctx.net.config();
+    let port = ConnectionHandle::channel(Status::Connecting, config.send_queue, config.inflight);
+    let handle = port.handle.clone();
+    ctx.registry.borrow_mut().conns.insert(
+        handle.id(),
+        super::state::ConnEntry {
+            handle: handle.clone(),
+            side: Side::Client {
+                url: url.to_string(),
+            },
+            handler,
+            home: ncc.call_source().map(str::to_string),
+            data_type,
+            opened: false,
+        },
+    );
+    tracing::debug!("client {} connecting to {url}", handle.id());
+    ctx.net.connect(
+        ClientRequest {
+            url: url.to_string(),
+            headers,
+        },
+        port,
+        ctx.events.clone(),
+    );
+    Ok(ClientObj { handle })
+}
+
+fn register_timers(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    for (name, repeat) in [("setTimeout", false), ("setInterval", true)] {
+        let c = ctx.clone();
+        engine.register_fn(
+            name,
+            move |ncc: NativeCallContext, callback: FnPtr, ms: i64| -> Res<i64> {
+                if ms < 0 {
+                    return Err(
+                        format!("{}: delay must be >= 0 ms, got {ms}", ncc.fn_name()).into(),
+                    );
+                }
+                let delay = Duration::from_millis(ms as u64);
+                let timer = Timer {
+                    callback,
+                    // An interval of 0 would spin: at least 1 ms between runs.
+                    every: repeat.then(|| delay.max(Duration::from_millis(1))),
+                    home: ncc.call_source().map(str::to_string),
+                };
+                Ok(c.registry.borrow_mut().timers.add(delay, timer))
+            },
+        );
+    }
+    for name in ["clearTimeout", "clearInterval"] {
+        let c = ctx.clone();
+        engine.register_fn(name, move |id: i64| {
+            c.registry.borrow_mut().timers.cancel(id)
+        });
+    }
 }

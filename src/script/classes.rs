@@ -1,8 +1,13 @@
-//! The class store behind `cs`: `Name.rhai` in the entry script's folder is the class `cs.Name`.
+//! The compiled scripts of a worker: the entry script and the class store behind `cs`.
 //!
-//! A class is compiled once, on first use, and kept with the number of parameters of each of
-//! its methods, so a callback declared with fewer parameters (`fn onOpen(ws)`) still gets
-//! called. Instances are object maps carrying their class name under [`CLASS_KEY`].
+//! `Name.rhai` in the entry script's folder is the class `cs.Name`, compiled on first use.
+//! Each file is kept with the number of parameters of each of its functions, so a callback
+//! declared with fewer parameters (`fn onOpen(ws)`) still gets called. Instances are object
+//! maps carrying their class name under [`CLASS_KEY`].
+//!
+//! Closures are compiled into the file that creates them, but a closure may end up stored in
+//! a handler that another file's code calls. So each file is run with its own functions plus
+//! every closure of every file loaded so far (closure names are unique hashes of their code).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,23 +20,30 @@ use super::error::{ScriptError, Sources, display_name};
 /// The property of an instance that names its class.
 pub const CLASS_KEY: &str = "__class";
 
-/// One compiled class file.
-pub struct Class {
-    pub name: String,
+/// One compiled file, ready to call into.
+pub struct Script {
+    /// The file as named in messages (`scripts/Chat.rhai`).
     pub file: String,
+    /// The class name for a class file.
+    pub class: Option<String>,
+    /// The file's functions plus every closure loaded so far.
     pub ast: AST,
     params: HashMap<String, usize>,
 }
 
-impl Class {
-    /// The number of parameters of method `name`, if the class has it.
+impl Script {
+    /// The number of parameters of function `name`, if the file has it.
     pub fn params(&self, name: &str) -> Option<usize> {
         self.params.get(name).copied()
     }
 }
 
+fn is_closure(name: &str) -> bool {
+    name.starts_with("anon$")
+}
+
 /// Parameter counts of the functions of `ast` (the first definition of each name wins).
-pub fn param_counts(ast: &AST) -> HashMap<String, usize> {
+fn param_counts(ast: &AST) -> HashMap<String, usize> {
     let mut params = HashMap::new();
     for f in ast.iter_functions() {
         params.entry(f.name.to_string()).or_insert(f.params.len());
@@ -39,17 +51,45 @@ pub fn param_counts(ast: &AST) -> HashMap<String, usize> {
     params
 }
 
+struct Compiled {
+    class: Option<String>,
+    ast: AST,
+    script: Rc<Script>,
+}
+
 pub struct ClassStore {
     dir: PathBuf,
-    classes: HashMap<String, Rc<Class>>,
+    /// By file name as in messages.
+    files: HashMap<String, Compiled>,
+    classes: HashMap<String, String>,
+    entry: Option<String>,
+    /// Every closure of every file loaded so far.
+    closures: AST,
 }
 
 impl ClassStore {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
+            files: HashMap::new(),
             classes: HashMap::new(),
+            entry: None,
+            closures: AST::empty(),
         }
+    }
+
+    /// Compiles the entry script; returns its AST for the top-level run.
+    pub fn load_entry(
+        &mut self,
+        engine: &Engine,
+        path: &Path,
+        sources: &mut Sources,
+    ) -> Result<AST, ScriptError> {
+        let ast = compile_file(engine, path, sources)?;
+        let file = display_name(path);
+        self.add(file.clone(), None, ast.clone());
+        self.entry = Some(file);
+        Ok(ast)
     }
 
     /// The class `name`, compiled from `dir/name.rhai` on first use.
@@ -58,24 +98,61 @@ impl ClassStore {
         engine: &Engine,
         name: &str,
         sources: &mut Sources,
-    ) -> Result<Rc<Class>, ScriptError> {
-        if let Some(c) = self.classes.get(name) {
-            return Ok(c.clone());
+    ) -> Result<Rc<Script>, ScriptError> {
+        if let Some(s) = self.class(name) {
+            return Ok(s);
         }
         let path = class_path(&self.dir, name)?;
         let ast = compile_file(engine, &path, sources)?;
-        let class = Rc::new(Class {
-            name: name.to_string(),
-            file: display_name(&path),
-            params: param_counts(&ast),
-            ast,
-        });
-        self.classes.insert(name.to_string(), class.clone());
-        Ok(class)
+        let file = display_name(&path);
+        self.classes.insert(name.to_string(), file.clone());
+        Ok(self.add(file, Some(name.to_string()), ast))
     }
 
-    pub fn get(&self, name: &str) -> Option<Rc<Class>> {
-        self.classes.get(name).cloned()
+    pub fn class(&self, name: &str) -> Option<Rc<Script>> {
+        let file = self.classes.get(name)?;
+        self.files.get(file).map(|c| c.script.clone())
+    }
+
+    /// The script of `file`, or the entry script when unknown.
+    pub fn file_or_entry(&self, file: Option<&str>) -> Option<Rc<Script>> {
+        file.and_then(|f| self.files.get(f))
+            .or_else(|| self.entry.as_ref().and_then(|e| self.files.get(e)))
+            .map(|c| c.script.clone())
+    }
+
+    fn add(&mut self, file: String, class: Option<String>, ast: AST) -> Rc<Script> {
+        // (`clone_functions_only_filtered` would keep every function: Rhai 1.27 skips the
+        // filter when the target module is empty.)
+        let mut new_closures = ast.clone();
+        new_closures.clear_statements();
+        new_closures.retain_functions(|_, _, name, _| is_closure(name));
+        self.closures = self.closures.merge(&new_closures);
+        self.files.insert(
+            file.clone(),
+            Compiled {
+                class,
+                ast,
+                script: Rc::new(Script {
+                    file: String::new(),
+                    class: None,
+                    ast: AST::empty(),
+                    params: HashMap::new(),
+                }),
+            },
+        );
+        // Every file now sees the new closures too.
+        for (name, compiled) in self.files.iter_mut() {
+            let mut ast = compiled.ast.merge(&self.closures);
+            ast.set_source(name.as_str());
+            compiled.script = Rc::new(Script {
+                file: name.clone(),
+                class: compiled.class.clone(),
+                params: param_counts(&compiled.ast),
+                ast,
+            });
+        }
+        self.files[&file].script.clone()
     }
 }
 

@@ -124,6 +124,15 @@ fn first_line(s: &str) -> String {
 }
 
 impl ScriptError {
+    /// The `errCode` kind this error has when handed to `onError`.
+    pub fn kind(&self) -> crate::event::ErrorKind {
+        if self.budget {
+            crate::event::ErrorKind::Budget
+        } else {
+            crate::event::ErrorKind::Script
+        }
+    }
+
     /// The source line and a caret under the column, on lines of their own ("" if unknown).
     pub fn snippet(&self) -> String {
         let Some(src) = &self.source_line else {

@@ -1,22 +1,23 @@
 //! The script worker: one OS thread that owns a Rhai engine and the objects its scripts made.
 //!
-//! It runs the entry script's top level, then turns each [`Event`] into one callback, one at a
-//! time. A callback that fails is logged with file:line:col and handed to the handler's
-//! `onError`; the worker goes on with the next event. It ends when nothing the scripts created
-//! is left (or after a shutdown has closed everything).
+//! It runs the entry script's top level, then turns each [`Event`] (and each due timer) into
+//! one callback, one at a time. A callback that fails is logged with file:line:col and handed
+//! to the handler's `onError`; the worker goes on with the next event. It ends when nothing
+//! the scripts created is left (or after a shutdown has closed everything).
 
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
 
 use super::api::{self, ServerObj, has_callback, share_handler};
-use super::classes::{CLASS_KEY, ClassStore, compile_file};
-use super::convert::payload_to_data;
+use super::classes::{CLASS_KEY, ClassStore};
+use super::convert::{DataType, payload_to_data};
 use super::engine::{Budget, Deadline, new_engine};
 use super::error::{ScriptError, Sources, display_name};
-use super::state::{ConnEntry, Ctx, Defaults, Registry};
+use super::state::{ConnEntry, Ctx, Defaults, Side};
 use crate::event::{ConnId, ConnectionHandle, ErrorKind, Event, Request, ServerId, Verdict};
 use crate::net::Network;
 use crate::payload::Payload;
@@ -25,6 +26,8 @@ use crate::payload::Payload;
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     pub entry: PathBuf,
+    /// The script's `ARGS`.
+    pub args: Vec<String>,
     pub defaults: Defaults,
     pub budget: Budget,
 }
@@ -62,7 +65,6 @@ struct Worker {
     engine: Engine,
     ctx: Rc<Ctx>,
     rx: flume::Receiver<Event>,
-    entry: AST,
     entry_path: PathBuf,
     entry_name: String,
     budget: Budget,
@@ -79,17 +81,10 @@ impl Worker {
     ) -> Self {
         let deadline = Deadline::default();
         let mut engine = new_engine(&options.budget, &deadline);
-        let dir = options
-            .entry
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            })
-            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = match options.entry.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let ctx = Rc::new(Ctx {
             net,
             events: own,
@@ -100,12 +95,11 @@ impl Worker {
             starting: std::cell::Cell::new(false),
             startup_failures: Default::default(),
         });
-        api::register(&mut engine, &ctx);
+        api::register(&mut engine, &ctx, &options.args);
         Self {
             engine,
             ctx,
             rx,
-            entry: AST::empty(),
             entry_name: display_name(&options.entry),
             entry_path: options.entry,
             budget: options.budget,
@@ -115,23 +109,22 @@ impl Worker {
     }
 
     fn run(mut self) -> Exit {
-        let compiled = compile_file(
+        let compiled = self.ctx.classes.borrow_mut().load_entry(
             &self.engine,
             &self.entry_path,
             &mut self.ctx.sources.borrow_mut(),
         );
-        self.entry = match compiled {
+        let entry: AST = match compiled {
             Ok(ast) => ast,
             Err(e) => return Exit::ScriptFailed(e),
         };
 
         self.ctx.starting.set(true);
         self.deadline.start(&self.budget);
-        let top = self
-            .engine
-            .run_ast_with_scope(&mut Scope::new(), &self.entry);
+        let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
         self.deadline.clear();
         self.ctx.starting.set(false);
+        drop(entry);
 
         let exit = if let Err(e) = top {
             let err = ScriptError::from_eval(&e, &self.entry_name, &self.ctx.sources.borrow());
@@ -149,9 +142,59 @@ impl Worker {
 
     fn event_loop(&mut self) {
         while self.ctx.registry.borrow().alive() {
-            let Ok(event) = self.rx.recv() else { break };
-            self.handle(event);
+            let next_timer = self.ctx.registry.borrow().timers.next_due();
+            let event = match next_timer {
+                None => match self.rx.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => break,
+                },
+                Some(at) => match self.rx.recv_deadline(at) {
+                    Ok(e) => Some(e),
+                    Err(flume::RecvTimeoutError::Timeout) => None,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if let Some(event) = event {
+                self.handle(event);
+            }
+            self.run_due_timers();
             self.finish_stopped_servers();
+        }
+    }
+
+    /// Runs the timers that are due, each once; an interval is put back for its next run.
+    fn run_due_timers(&mut self) {
+        let now = Instant::now();
+        loop {
+            let Some((id, timer)) = self.ctx.registry.borrow_mut().timers.pop_due(now) else {
+                break;
+            };
+            self.ctx.registry.borrow_mut().timers.set_running(Some(id));
+            let script = self
+                .ctx
+                .classes
+                .borrow()
+                .file_or_entry(timer.home.as_deref());
+            if let Some(script) = script {
+                self.deadline.start(&self.budget);
+                let result = timer
+                    .callback
+                    .call::<Dynamic>(&self.engine, &script.ast, ());
+                self.deadline.clear();
+                if let Err(e) = result {
+                    let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());
+                    tracing::error!("{err} (timer {id}){}", err.snippet());
+                }
+            }
+            let mut reg = self.ctx.registry.borrow_mut();
+            let cleared = reg.timers.running_cleared();
+            reg.timers.set_running(None);
+            if let Some(every) = timer.every
+                && !cleared
+                && !self.shutting_down
+            {
+                reg.timers.insert(id, Instant::now() + every, timer);
+            }
         }
     }
 
@@ -182,18 +225,25 @@ impl Worker {
                 message,
             } => {
                 tracing::info!("connection {conn}: {message}");
-                let opened = self
+                // A client's handler hears of a failed connect too; a server's only of
+                // connections it saw open.
+                let reported = self
                     .ctx
                     .registry
                     .borrow()
                     .conns
                     .get(&conn)
-                    .is_some_and(|e| e.opened);
-                if opened {
+                    .is_some_and(|e| e.opened || matches!(e.side, Side::Client { .. }));
+                if reported {
                     self.call_conn(conn, "onError", error_event(kind, &message, None));
                 }
             }
-            Event::Closed { conn, code, reason } => self.on_closed(conn, code, reason),
+            Event::Closed {
+                conn,
+                code,
+                reason,
+                clean,
+            } => self.on_closed(conn, code, reason, clean),
             Event::Listening { server } => self.call_server(server, "onOpen", event_map("open")),
             Event::ListenFailed { server, message } => {
                 tracing::error!("{message}");
@@ -207,15 +257,29 @@ impl Worker {
         }
     }
 
-    /// Stops every server (each open connection gets 1001); the loop ends when all are gone.
+    /// Stops every server and client (each open connection gets 1001) and drops the timers;
+    /// the loop ends when all are gone.
     fn shutdown(&mut self) {
         if self.shutting_down {
             return;
         }
         self.shutting_down = true;
-        let ids: Vec<ServerId> = self.ctx.registry.borrow().servers.keys().copied().collect();
-        for id in ids {
+        let (servers, clients): (Vec<ServerId>, Vec<ConnectionHandle>) = {
+            let mut reg = self.ctx.registry.borrow_mut();
+            reg.timers.clear();
+            let clients = reg
+                .conns
+                .values()
+                .filter(|c| matches!(c.side, Side::Client { .. }))
+                .map(|c| c.handle.clone())
+                .collect();
+            (reg.servers.keys().copied().collect(), clients)
+        };
+        for id in servers {
             self.ctx.terminate_server(id);
+        }
+        for client in clients {
+            client.close(1001, "going away".into());
         }
     }
 
@@ -226,26 +290,37 @@ impl Worker {
         request: Request,
         reply: tokio::sync::oneshot::Sender<Verdict>,
     ) {
-        let handler = match self.ctx.registry.borrow().servers.get(&server) {
-            Some(s) if !s.terminated && !self.shutting_down => s.handler.clone(),
-            _ => {
-                let _ = reply.send(Verdict::Refuse(503));
-                return;
+        let found = match self.ctx.registry.borrow().servers.get(&server) {
+            Some(s) if !s.terminated && !self.shutting_down => {
+                Some((s.handler.clone(), s.home.clone()))
             }
+            _ => None,
         };
+        let Some((handler, home)) = found else {
+            let _ = reply.send(Verdict::Refuse(503));
+            return;
+        };
+        // Functions named in the connection handler belong to the code that made it: the
+        // server handler's class file, else the file that created the server.
+        let conn_home = self.class_file(&handler).or(home.clone());
         let wss = Dynamic::from(ServerObj { id: server });
         let mut event = event_map("connection");
         event.insert("request".into(), request_map(request).into());
-        let verdict = match self.invoke(&handler, "onConnection", vec![wss, event.into()]) {
+        let answer = self.invoke(
+            &handler,
+            home.as_deref(),
+            "onConnection",
+            vec![wss, event.into()],
+        );
+        let verdict = match answer {
             None => {
-                self.server_error(
-                    server,
-                    ScriptError::plain(&self.entry_name, "the server handler has no onConnection"),
-                );
+                let err =
+                    ScriptError::plain(&self.entry_name, "the server handler has no onConnection");
+                self.server_error(server, err);
                 Verdict::Refuse(500)
             }
             Some(Ok(h)) if h.is_unit() => Verdict::Refuse(403),
-            Some(Ok(h)) => match self.accept(server, &conn, h) {
+            Some(Ok(h)) => match self.accept(server, &conn, h, conn_home) {
                 Ok(()) => Verdict::Accept,
                 Err(e) => {
                     self.server_error(server, e);
@@ -274,6 +349,7 @@ impl Worker {
         server: ServerId,
         conn: &ConnectionHandle,
         handler: Dynamic,
+        home: Option<String>,
     ) -> Result<(), ScriptError> {
         let handler = share_handler(handler, "onConnection")
             .map_err(|e| ScriptError::plain(&self.entry_name, e.to_string()))?;
@@ -284,12 +360,19 @@ impl Worker {
             ));
         }
         let mut reg = self.ctx.registry.borrow_mut();
+        let data_type = reg
+            .servers
+            .get(&server)
+            .map(|s| s.data_type)
+            .unwrap_or(DataType::Text);
         reg.conns.insert(
             conn.id(),
             ConnEntry {
                 handle: conn.clone(),
-                server,
+                side: Side::Server(server),
                 handler,
+                home,
+                data_type,
                 opened: false,
             },
         );
@@ -305,11 +388,7 @@ impl Worker {
             let Some(entry) = reg.conns.get(&conn) else {
                 return;
             };
-            let data_type = reg.servers.get(&entry.server).map(|s| s.data_type);
-            (
-                entry.handle.clone(),
-                data_type.unwrap_or(super::convert::DataType::Text),
-            )
+            (entry.handle.clone(), entry.data_type)
         };
         match payload_to_data(payload, data_type) {
             Ok(data) => {
@@ -327,27 +406,32 @@ impl Worker {
         handle.message_done();
     }
 
-    fn on_closed(&mut self, conn: ConnId, code: u16, reason: String) {
-        let (opened, server) = {
+    fn on_closed(&mut self, conn: ConnId, code: u16, reason: String, clean: bool) {
+        let (report, client) = {
             let mut reg = self.ctx.registry.borrow_mut();
             let Some(entry) = reg.conns.get(&conn) else {
                 return;
             };
-            let (opened, server) = (entry.opened, entry.server);
+            let client = matches!(entry.side, Side::Client { .. });
+            let report = entry.opened || client;
             // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
-            if let Some(s) = reg.servers.get_mut(&server) {
+            if let Side::Server(server) = entry.side
+                && let Some(s) = reg.servers.get_mut(&server)
+            {
                 s.conns.remove(&conn);
             }
-            if !opened {
+            if !report {
                 reg.conns.remove(&conn);
             }
-            (opened, server)
+            (report, client)
         };
-        let _ = server;
-        if opened {
+        if report {
             let mut event = event_map("terminate");
             event.insert("code".into(), (code as i64).into());
             event.insert("reason".into(), reason.into());
+            if client {
+                event.insert("wasClean".into(), clean.into());
+            }
             self.call_conn(conn, "onTerminate", event);
             self.ctx.registry.borrow_mut().conns.remove(&conn);
         }
@@ -372,25 +456,26 @@ impl Worker {
 
     /// Calls connection callback `name`; a failure is logged and goes to `onError`.
     fn call_conn(&mut self, conn: ConnId, name: &str, event: Map) {
-        let (handler, ws) = {
-            let reg: std::cell::Ref<Registry> = self.ctx.registry.borrow();
+        let (handler, home, ws) = {
+            let reg = self.ctx.registry.borrow();
             let Some(entry) = reg.conns.get(&conn) else {
                 return;
             };
-            (entry.handler.clone(), Dynamic::from(api::conn_obj(entry)))
+            (
+                entry.handler.clone(),
+                entry.home.clone(),
+                api::conn_value(entry),
+            )
         };
-        let Some(Err(err)) = self.invoke(&handler, name, vec![ws.clone(), event.into()]) else {
+        let home = home.as_deref();
+        let args = vec![ws.clone(), event.into()];
+        let Some(Err(err)) = self.invoke(&handler, home, name, args) else {
             return;
         };
         tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
         if name != "onError" {
-            let kind = if err.budget {
-                ErrorKind::Budget
-            } else {
-                ErrorKind::Script
-            };
-            let event = error_event(kind, &err.to_string(), None);
-            if let Some(Err(e2)) = self.invoke(&handler, "onError", vec![ws, event.into()]) {
+            let event = error_event(err.kind(), &err.to_string(), None);
+            if let Some(Err(e2)) = self.invoke(&handler, home, "onError", vec![ws, event.into()]) {
                 tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
             }
         }
@@ -398,60 +483,73 @@ impl Worker {
 
     /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
     fn call_server(&mut self, server: ServerId, name: &str, event: Map) {
-        let Some(handler) = self
-            .ctx
-            .registry
-            .borrow()
-            .servers
-            .get(&server)
-            .map(|s| s.handler.clone())
-        else {
+        let Some((handler, home)) = self.server_handler(server) else {
             return;
         };
         let wss = Dynamic::from(ServerObj { id: server });
-        if let Some(Err(err)) = self.invoke(&handler, name, vec![wss, event.into()]) {
-            if name == "onError" {
-                tracing::error!("{err} (server {server}, onError){}", err.snippet());
-            } else {
-                tracing::error!("{err} (server {server}, {name}){}", err.snippet());
-                self.report_to_server(server, &handler, &err);
+        if let Some(Err(err)) =
+            self.invoke(&handler, home.as_deref(), name, vec![wss, event.into()])
+        {
+            tracing::error!("{err} (server {server}, {name}){}", err.snippet());
+            if name != "onError" {
+                self.report_to_server(server, &err);
             }
         }
     }
 
-    /// Logs a failure of the server's own code and hands it to its `onError`.
-    fn server_error(&mut self, server: ServerId, err: ScriptError) {
-        tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
-        let handler = self
-            .ctx
+    fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<String>)> {
+        self.ctx
             .registry
             .borrow()
             .servers
             .get(&server)
-            .map(|s| s.handler.clone());
-        if let Some(handler) = handler {
-            self.report_to_server(server, &handler, &err);
-        }
+            .map(|s| (s.handler.clone(), s.home.clone()))
     }
 
-    fn report_to_server(&mut self, server: ServerId, handler: &Dynamic, err: &ScriptError) {
-        let kind = if err.budget {
-            ErrorKind::Budget
-        } else {
-            ErrorKind::Script
+    /// Logs a failure of the server's `onConnection` and hands it to its `onError`.
+    fn server_error(&mut self, server: ServerId, err: ScriptError) {
+        tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
+        self.report_to_server(server, &err);
+    }
+
+    fn report_to_server(&mut self, server: ServerId, err: &ScriptError) {
+        let Some((handler, home)) = self.server_handler(server) else {
+            return;
         };
-        let event = error_event(kind, &err.to_string(), None);
+        let event = error_event(err.kind(), &err.to_string(), None);
         let wss = Dynamic::from(ServerObj { id: server });
-        if let Some(Err(e2)) = self.invoke(handler, "onError", vec![wss, event.into()]) {
+        if let Some(Err(e2)) = self.invoke(
+            &handler,
+            home.as_deref(),
+            "onError",
+            vec![wss, event.into()],
+        ) {
             tracing::error!("{e2} (server {server}, onError){}", e2.snippet());
         }
     }
 
+    /// The class file of a class instance.
+    fn class_file(&self, handler: &Dynamic) -> Option<String> {
+        let class = handler
+            .read_lock::<Map>()?
+            .get(CLASS_KEY)?
+            .clone()
+            .into_string()
+            .ok()?;
+        self.ctx
+            .classes
+            .borrow()
+            .class(&class)
+            .map(|c| c.file.clone())
+    }
+
     /// Calls callback `name` of `handler` with `this` bound to it. None if it has no such
-    /// callback: a function property (inline handler) or a method of its class.
+    /// callback: a function property (inline handler) or a method of its class. Functions
+    /// named in an inline handler are looked up in `home` (the file that made the handler).
     fn invoke(
         &self,
         handler: &Dynamic,
+        home: Option<&str>,
         name: &str,
         mut args: Vec<Dynamic>,
     ) -> Option<Result<Dynamic, ScriptError>> {
@@ -463,40 +561,39 @@ impl Worker {
             let class = map
                 .get(CLASS_KEY)
                 .and_then(|c| c.clone().into_string().ok())
-                .and_then(|c| self.ctx.classes.borrow().get(&c));
+                .and_then(|c| self.ctx.classes.borrow().class(&c));
             (fn_ptr, class)
         };
+        let script = match (&fn_ptr, class) {
+            (_, Some(class)) => class,
+            (Some(_), None) => self.ctx.classes.borrow().file_or_entry(home)?,
+            (None, None) => return None,
+        };
         let mut this = handler.clone();
-        let (result, file) = match (fn_ptr, class) {
-            (Some(f), class) => {
-                let (ast, file) = match &class {
-                    Some(c) => (&c.ast, c.file.clone()),
-                    None => (&self.entry, self.entry_name.clone()),
-                };
+        let result = match fn_ptr {
+            Some(f) => {
                 self.deadline.start(&self.budget);
-                let r = f.call_as_method::<Dynamic>(&self.engine, ast, &mut this, args);
-                (r, file)
+                f.call_as_method::<Dynamic>(&self.engine, &script.ast, &mut this, args)
             }
-            (None, Some(class)) => {
-                let params = class.params(name)?;
+            None => {
+                let params = script.params(name)?;
                 args.resize(params, Dynamic::UNIT);
                 let options = CallFnOptions::new()
                     .eval_ast(false)
                     .bind_this_ptr(&mut this);
                 self.deadline.start(&self.budget);
-                let r = self.engine.call_fn_with_options::<Dynamic>(
+                self.engine.call_fn_with_options::<Dynamic>(
                     options,
                     &mut Scope::new(),
-                    &class.ast,
+                    &script.ast,
                     name,
                     args,
-                );
-                (r, class.file.clone())
+                )
             }
-            (None, None) => return None,
         };
         self.deadline.clear();
-        Some(result.map_err(|e| ScriptError::from_eval(&e, &file, &self.ctx.sources.borrow())))
+        let sources = self.ctx.sources.borrow();
+        Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
     }
 }
 
