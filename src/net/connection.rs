@@ -163,6 +163,11 @@ fn text_from(text: Utf8Bytes) -> Text {
 }
 
 fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
+    if peer_close.is_some() {
+        // The closing handshake is done; how the socket ends after it (a reset, a TLS peer
+        // without close_notify) does not matter.
+        return ReadEnd::Closed { peer_close };
+    }
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => ReadEnd::Closed { peer_close },
         WsError::Capacity(e) => ReadEnd::Failed {
@@ -175,14 +180,10 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
             code: 1007,
             message: format!("invalid UTF-8 in a text message: {e}"),
         },
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => match peer_close {
-            // The peer reset the socket after its close frame: its close still counts.
-            Some(_) => ReadEnd::Closed { peer_close },
-            None => ReadEnd::Failed {
-                kind: ErrorKind::Io,
-                code: 1006,
-                message: "connection lost without a close frame".into(),
-            },
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Failed {
+            kind: ErrorKind::Io,
+            code: 1006,
+            message: "connection lost without a close frame".into(),
         },
         WsError::Protocol(e) => ReadEnd::Failed {
             kind: ErrorKind::Protocol,

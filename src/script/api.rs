@@ -744,6 +744,13 @@ fn new_client(
 }
 
 fn register_timers(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    // Wall-clock time, as JavaScript's Date.now(): milliseconds since the Unix epoch.
+    engine.register_fn("now", || -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    });
     for (name, repeat) in [("setTimeout", false), ("setInterval", true)] {
         let c = ctx.clone();
         engine.register_fn(
