@@ -12,6 +12,7 @@ use rhai::{Dynamic, FnPtr};
 
 use super::classes::ClassStore;
 use super::convert::DataType;
+use super::engine::{Budget, Deadline};
 use super::error::Sources;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
 use crate::net::Network;
@@ -160,6 +161,14 @@ pub struct Ctx {
     /// start-up failure of the whole run.
     pub starting: Cell<bool>,
     pub startup_failures: RefCell<Vec<String>>,
+    /// The worker's queue: socket tasks and the worker itself send here.
+    pub rx: flume::Receiver<Event>,
+    /// The entry script as named in messages.
+    pub entry_name: String,
+    pub budget: Budget,
+    pub deadline: Deadline,
+    /// A stop was asked: everything is closing and no new connection is accepted.
+    pub shutting_down: Cell<bool>,
 }
 
 impl Ctx {

@@ -64,12 +64,7 @@ pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<Worke
 struct Worker {
     engine: Engine,
     ctx: Rc<Ctx>,
-    rx: flume::Receiver<Event>,
     entry_path: PathBuf,
-    entry_name: String,
-    budget: Budget,
-    deadline: Deadline,
-    shutting_down: bool,
 }
 
 impl Worker {
@@ -94,21 +89,28 @@ impl Worker {
             sources: std::cell::RefCell::new(Sources::default()),
             starting: std::cell::Cell::new(false),
             startup_failures: Default::default(),
+            rx,
+            entry_name: display_name(&options.entry),
+            budget: options.budget,
+            deadline: deadline.clone(),
+            shutting_down: std::cell::Cell::new(false),
         });
         api::register(&mut engine, &ctx, &options.args);
         Self {
             engine,
             ctx,
-            rx,
-            entry_name: display_name(&options.entry),
             entry_path: options.entry,
-            budget: options.budget,
-            deadline,
-            shutting_down: false,
         }
     }
 
-    fn run(mut self) -> Exit {
+    fn dispatch(&self) -> Dispatch<'_> {
+        Dispatch {
+            engine: &self.engine,
+            ctx: &self.ctx,
+        }
+    }
+
+    fn run(self) -> Exit {
         let compiled = self.ctx.classes.borrow_mut().load_entry(
             &self.engine,
             &self.entry_path,
@@ -120,35 +122,44 @@ impl Worker {
         };
 
         self.ctx.starting.set(true);
-        self.deadline.start(&self.budget);
+        self.ctx.deadline.start(&self.ctx.budget);
         let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
-        self.deadline.clear();
+        self.ctx.deadline.clear();
         self.ctx.starting.set(false);
         drop(entry);
 
         let exit = if let Err(e) = top {
-            let err = ScriptError::from_eval(&e, &self.entry_name, &self.ctx.sources.borrow());
+            let err = ScriptError::from_eval(&e, &self.ctx.entry_name, &self.ctx.sources.borrow());
             Some(Exit::ScriptFailed(err))
         } else {
             let failures = std::mem::take(&mut *self.ctx.startup_failures.borrow_mut());
             (!failures.is_empty()).then_some(Exit::ListenFailed(failures))
         };
         if exit.is_some() {
-            self.shutdown();
+            self.dispatch().shutdown();
         }
-        self.event_loop();
+        self.dispatch().event_loop();
         exit.unwrap_or(Exit::Finished)
     }
+}
 
-    fn event_loop(&mut self) {
+/// Turns events into callbacks. Borrowed from the worker, or built inside a native function
+/// (`wait_until` in tests) to keep dispatching while a script waits.
+pub struct Dispatch<'a> {
+    pub engine: &'a Engine,
+    pub ctx: &'a Ctx,
+}
+
+impl Dispatch<'_> {
+    pub fn event_loop(&self) {
         while self.ctx.registry.borrow().alive() {
             let next_timer = self.ctx.registry.borrow().timers.next_due();
             let event = match next_timer {
-                None => match self.rx.recv() {
+                None => match self.ctx.rx.recv() {
                     Ok(e) => Some(e),
                     Err(_) => break,
                 },
-                Some(at) => match self.rx.recv_deadline(at) {
+                Some(at) => match self.ctx.rx.recv_deadline(at) {
                     Ok(e) => Some(e),
                     Err(flume::RecvTimeoutError::Timeout) => None,
                     Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -163,7 +174,7 @@ impl Worker {
     }
 
     /// Runs the timers that are due, each once; an interval is put back for its next run.
-    fn run_due_timers(&mut self) {
+    pub fn run_due_timers(&self) {
         let now = Instant::now();
         loop {
             let Some((id, timer)) = self.ctx.registry.borrow_mut().timers.pop_due(now) else {
@@ -176,11 +187,9 @@ impl Worker {
                 .borrow()
                 .file_or_entry(timer.home.as_deref());
             if let Some(script) = script {
-                self.deadline.start(&self.budget);
-                let result = timer
-                    .callback
-                    .call::<Dynamic>(&self.engine, &script.ast, ());
-                self.deadline.clear();
+                self.ctx.deadline.start(&self.ctx.budget);
+                let result = timer.callback.call::<Dynamic>(self.engine, &script.ast, ());
+                self.ctx.deadline.clear();
                 if let Err(e) = result {
                     let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());
                     tracing::error!("{err} (timer {id}){}", err.snippet());
@@ -191,14 +200,14 @@ impl Worker {
             reg.timers.set_running(None);
             if let Some(every) = timer.every
                 && !cleared
-                && !self.shutting_down
+                && !self.ctx.shutting_down.get()
             {
                 reg.timers.insert(id, Instant::now() + every, timer);
             }
         }
     }
 
-    fn handle(&mut self, event: Event) {
+    pub fn handle(&self, event: Event) {
         match event {
             Event::Connect {
                 server,
@@ -259,11 +268,10 @@ impl Worker {
 
     /// Stops every server and client (each open connection gets 1001) and drops the timers;
     /// the loop ends when all are gone.
-    fn shutdown(&mut self) {
-        if self.shutting_down {
+    pub fn shutdown(&self) {
+        if self.ctx.shutting_down.replace(true) {
             return;
         }
-        self.shutting_down = true;
         let (servers, clients): (Vec<ServerId>, Vec<ConnectionHandle>) = {
             let mut reg = self.ctx.registry.borrow_mut();
             reg.timers.clear();
@@ -283,15 +291,15 @@ impl Worker {
         }
     }
 
-    fn on_connect(
-        &mut self,
+    pub fn on_connect(
+        &self,
         server: ServerId,
         conn: ConnectionHandle,
         request: Request,
         reply: tokio::sync::oneshot::Sender<Verdict>,
     ) {
         let found = match self.ctx.registry.borrow().servers.get(&server) {
-            Some(s) if !s.terminated && !self.shutting_down => {
+            Some(s) if !s.terminated && !self.ctx.shutting_down.get() => {
                 Some((s.handler.clone(), s.home.clone()))
             }
             _ => None,
@@ -314,8 +322,10 @@ impl Worker {
         );
         let verdict = match answer {
             None => {
-                let err =
-                    ScriptError::plain(&self.entry_name, "the server handler has no onConnection");
+                let err = ScriptError::plain(
+                    &self.ctx.entry_name,
+                    "the server handler has no onConnection",
+                );
                 self.server_error(server, err);
                 Verdict::Refuse(500)
             }
@@ -344,7 +354,7 @@ impl Worker {
     }
 
     /// Records an accepted connection with the handler `onConnection` returned.
-    fn accept(
+    pub fn accept(
         &self,
         server: ServerId,
         conn: &ConnectionHandle,
@@ -352,10 +362,10 @@ impl Worker {
         home: Option<String>,
     ) -> Result<(), ScriptError> {
         let handler = share_handler(handler, "onConnection")
-            .map_err(|e| ScriptError::plain(&self.entry_name, e.to_string()))?;
-        if !has_callback(&self.ctx, &handler, "onMessage") {
+            .map_err(|e| ScriptError::plain(&self.ctx.entry_name, e.to_string()))?;
+        if !has_callback(self.ctx, &handler, "onMessage") {
             return Err(ScriptError::plain(
-                &self.entry_name,
+                &self.ctx.entry_name,
                 "the connection handler returned by onConnection has no onMessage",
             ));
         }
@@ -382,7 +392,7 @@ impl Worker {
         Ok(())
     }
 
-    fn on_message(&mut self, conn: ConnId, payload: Payload) {
+    pub fn on_message(&self, conn: ConnId, payload: Payload) {
         let (handle, data_type) = {
             let reg = self.ctx.registry.borrow();
             let Some(entry) = reg.conns.get(&conn) else {
@@ -406,7 +416,7 @@ impl Worker {
         handle.message_done();
     }
 
-    fn on_closed(&mut self, conn: ConnId, code: u16, reason: String, clean: bool) {
+    pub fn on_closed(&self, conn: ConnId, code: u16, reason: String, clean: bool) {
         let (report, client) = {
             let mut reg = self.ctx.registry.borrow_mut();
             let Some(entry) = reg.conns.get(&conn) else {
@@ -438,7 +448,7 @@ impl Worker {
     }
 
     /// Runs `onTerminate` of servers that were stopped and have no connection left.
-    fn finish_stopped_servers(&mut self) {
+    pub fn finish_stopped_servers(&self) {
         let done: Vec<ServerId> = self
             .ctx
             .registry
@@ -455,7 +465,7 @@ impl Worker {
     }
 
     /// Calls connection callback `name`; a failure is logged and goes to `onError`.
-    fn call_conn(&mut self, conn: ConnId, name: &str, event: Map) {
+    pub fn call_conn(&self, conn: ConnId, name: &str, event: Map) {
         let (handler, home, ws) = {
             let reg = self.ctx.registry.borrow();
             let Some(entry) = reg.conns.get(&conn) else {
@@ -482,7 +492,7 @@ impl Worker {
     }
 
     /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
-    fn call_server(&mut self, server: ServerId, name: &str, event: Map) {
+    pub fn call_server(&self, server: ServerId, name: &str, event: Map) {
         let Some((handler, home)) = self.server_handler(server) else {
             return;
         };
@@ -497,7 +507,7 @@ impl Worker {
         }
     }
 
-    fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<String>)> {
+    pub fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<String>)> {
         self.ctx
             .registry
             .borrow()
@@ -507,12 +517,12 @@ impl Worker {
     }
 
     /// Logs a failure of the server's `onConnection` and hands it to its `onError`.
-    fn server_error(&mut self, server: ServerId, err: ScriptError) {
+    pub fn server_error(&self, server: ServerId, err: ScriptError) {
         tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
         self.report_to_server(server, &err);
     }
 
-    fn report_to_server(&mut self, server: ServerId, err: &ScriptError) {
+    pub fn report_to_server(&self, server: ServerId, err: &ScriptError) {
         let Some((handler, home)) = self.server_handler(server) else {
             return;
         };
@@ -529,7 +539,7 @@ impl Worker {
     }
 
     /// The class file of a class instance.
-    fn class_file(&self, handler: &Dynamic) -> Option<String> {
+    pub fn class_file(&self, handler: &Dynamic) -> Option<String> {
         let class = handler
             .read_lock::<Map>()?
             .get(CLASS_KEY)?
@@ -546,7 +556,7 @@ impl Worker {
     /// Calls callback `name` of `handler` with `this` bound to it. None if it has no such
     /// callback: a function property (inline handler) or a method of its class. Functions
     /// named in an inline handler are looked up in `home` (the file that made the handler).
-    fn invoke(
+    pub fn invoke(
         &self,
         handler: &Dynamic,
         home: Option<&str>,
@@ -572,8 +582,8 @@ impl Worker {
         let mut this = handler.clone();
         let result = match fn_ptr {
             Some(f) => {
-                self.deadline.start(&self.budget);
-                f.call_as_method::<Dynamic>(&self.engine, &script.ast, &mut this, args)
+                self.ctx.deadline.start(&self.ctx.budget);
+                f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
             }
             None => {
                 let params = script.params(name)?;
@@ -581,7 +591,7 @@ impl Worker {
                 let options = CallFnOptions::new()
                     .eval_ast(false)
                     .bind_this_ptr(&mut this);
-                self.deadline.start(&self.budget);
+                self.ctx.deadline.start(&self.ctx.budget);
                 self.engine.call_fn_with_options::<Dynamic>(
                     options,
                     &mut Scope::new(),
@@ -591,7 +601,7 @@ impl Worker {
                 )
             }
         };
-        self.deadline.clear();
+        self.ctx.deadline.clear();
         let sources = self.ctx.sources.borrow();
         Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
     }
