@@ -29,12 +29,30 @@ struct Cli {
 enum Command {
     /// Run a script: its servers serve until stopped (Ctrl-C) or until the script ends them.
     Run(RunArgs),
+    /// Run scripted tests: every `fn test_…()` of the files (or of `*.rhai` in the folders).
+    Test(TestArgs),
     /// Compile scripts and the classes they use; report errors as file:line:col.
     Check {
         /// Script files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct TestArgs {
+    /// Test files or folders.
+    #[arg(default_value = "tests/scripts")]
+    paths: Vec<PathBuf>,
+    /// Run only the tests whose name (`file::test_name`) contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Tests run at once.
+    #[arg(long, short = 'j', default_value_t = 2)]
+    jobs: usize,
+    /// Time limit of each test, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,15 +90,46 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose);
+    // Test output is the test lines; the host's own info lines would bury them.
+    let quiet = matches!(cli.command, Command::Test(_));
+    init_logging(cli.verbose, quiet);
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check { files } => check(&files),
+        Command::Test(args) => test(args),
     }
 }
 
-fn init_logging(verbose: u8) {
+fn test(args: TestArgs) -> ExitCode {
+    for p in &args.paths {
+        if !p.exists() {
+            eprintln!("error: no such test file or folder: {}", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let config = crate::runner::TestConfig {
+        paths: args.paths,
+        filter: args.filter,
+        jobs: args.jobs,
+        timeout: std::time::Duration::from_secs_f64(args.timeout),
+    };
+    match crate::runner::run(&config) {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "wshost=warn",
         0 => "wshost=info",
         1 => "wshost=debug",
         _ => "wshost=trace",
@@ -126,6 +175,7 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+        Exit::Test(_) => ExitCode::SUCCESS,
         Exit::ListenFailed(messages) => {
             for m in messages {
                 eprintln!("error: {m}");

@@ -77,6 +77,7 @@ impl Host {
                     port: config.port,
                 },
                 budget: config.budget,
+                test: None,
             },
         )
         .context("cannot start the script worker")?;

@@ -24,6 +24,7 @@ mod event;
 mod host;
 mod net;
 mod payload;
+pub mod runner;
 mod script;
 
 pub use host::{Host, HostConfig, StopHandle};

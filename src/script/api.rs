@@ -110,9 +110,10 @@ struct ServerOptions {
 }
 
 fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
+    let defaults = ctx.defaults.borrow().clone();
     let mut opts = ServerOptions {
-        host: ctx.defaults.host.clone(),
-        port: ctx.defaults.port,
+        host: defaults.host,
+        port: defaults.port,
         path: None,
         data_type: DataType::Text,
     };
@@ -265,7 +266,12 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
             let class = c
                 .classes
                 .borrow_mut()
-                .load(ncc.engine(), name, &mut c.sources.borrow_mut())
+                .load(
+                    ncc.engine(),
+                    name,
+                    ncc.call_source(),
+                    &mut c.sources.borrow_mut(),
+                )
                 .map_err(|e| format!("cs.{name}: {e}"))?;
             Ok(ClassRef { class })
         },

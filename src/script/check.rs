@@ -6,6 +6,12 @@ use super::classes::{class_path, compile_file, referenced_classes};
 use super::engine::{Budget, Deadline, new_engine};
 use super::error::{ScriptError, Sources, display_name};
 
+/// Compiles one file with wshost's syntax, without running it.
+pub fn compile_only(path: &Path) -> Result<rhai::AST, ScriptError> {
+    let engine = new_engine(&Budget::default(), &Deadline::default());
+    compile_file(&engine, path, &mut Sources::default())
+}
+
 /// The outcome for one file.
 pub struct Checked {
     pub file: String,

@@ -62,6 +62,8 @@ pub struct ClassStore {
     /// By file name as in messages.
     files: HashMap<String, Compiled>,
     classes: HashMap<String, String>,
+    /// The folder of each file, where its `cs.Name` classes are found.
+    dirs: HashMap<String, PathBuf>,
     entry: Option<String>,
     /// Every closure of every file loaded so far.
     closures: AST,
@@ -73,6 +75,7 @@ impl ClassStore {
             dir,
             files: HashMap::new(),
             classes: HashMap::new(),
+            dirs: HashMap::new(),
             entry: None,
             closures: AST::empty(),
         }
@@ -92,19 +95,38 @@ impl ClassStore {
         Ok(ast)
     }
 
-    /// The class `name`, compiled from `dir/name.rhai` on first use.
+    /// Compiles another script (`run_script` in tests); its classes come from its folder.
+    pub fn load_script(
+        &mut self,
+        engine: &Engine,
+        path: &Path,
+        sources: &mut Sources,
+    ) -> Result<AST, ScriptError> {
+        let ast = compile_file(engine, path, sources)?;
+        let file = display_name(path);
+        self.dirs.insert(file.clone(), parent_dir(path));
+        self.add(file, None, ast.clone());
+        Ok(ast)
+    }
+
+    /// The class `name`, compiled on first use from `name.rhai` in the folder of `from` (the
+    /// file whose code asks), else of the entry script. A class name is one class per worker:
+    /// the first file loaded under a name serves every later `cs.Name`.
     pub fn load(
         &mut self,
         engine: &Engine,
         name: &str,
+        from: Option<&str>,
         sources: &mut Sources,
     ) -> Result<Rc<Script>, ScriptError> {
         if let Some(s) = self.class(name) {
             return Ok(s);
         }
-        let path = class_path(&self.dir, name)?;
+        let dir = from.and_then(|f| self.dirs.get(f)).unwrap_or(&self.dir);
+        let path = class_path(dir, name)?;
         let ast = compile_file(engine, &path, sources)?;
         let file = display_name(&path);
+        self.dirs.insert(file.clone(), parent_dir(&path));
         self.classes.insert(name.to_string(), file.clone());
         Ok(self.add(file, Some(name.to_string()), ast))
     }
@@ -153,6 +175,14 @@ impl ClassStore {
             });
         }
         self.files[&file].script.clone()
+    }
+}
+
+/// The folder of a script file ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Builds the Rhai engine a script worker uses: the 4D-style syntax, the budgets, the sandbox.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,20 +28,28 @@ impl Default for Budget {
 }
 
 /// The deadline of the callback running now, checked by the engine as it goes.
+///
+/// A stack: a callback dispatched while another script waits (`wait_until` in a test) has a
+/// deadline of its own, and the outer one still holds.
 #[derive(Clone, Default)]
-pub struct Deadline(Rc<Cell<Option<Instant>>>);
+pub struct Deadline(Rc<RefCell<Vec<Instant>>>);
 
 impl Deadline {
     pub fn start(&self, budget: &Budget) {
-        self.0.set(Some(Instant::now() + budget.max_time));
+        self.start_for(budget.max_time);
+    }
+
+    pub fn start_for(&self, time: Duration) {
+        self.0.borrow_mut().push(Instant::now() + time);
     }
 
     pub fn clear(&self) {
-        self.0.set(None);
+        self.0.borrow_mut().pop();
     }
 
-    fn passed(&self) -> bool {
-        self.0.get().is_some_and(|d| Instant::now() > d)
+    pub fn passed(&self) -> bool {
+        let now = Instant::now();
+        self.0.borrow().iter().any(|d| now > *d)
     }
 }
 

@@ -10,9 +10,11 @@ mod convert;
 mod engine;
 mod error;
 mod state;
+mod testing;
 mod worker;
 
+pub use check::compile_only;
 pub use engine::Budget;
-pub use error::ScriptError;
+pub use error::{ScriptError, display_name};
 pub use state::Defaults;
-pub use worker::{Exit, WorkerHandle, WorkerOptions, spawn};
+pub use worker::{Exit, TestCase, WorkerHandle, WorkerOptions, spawn};

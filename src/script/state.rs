@@ -153,7 +153,8 @@ pub struct Ctx {
     pub net: Arc<Network>,
     /// The worker's own event queue, for events it raises itself (`Listening`…).
     pub events: flume::Sender<Event>,
-    pub defaults: Defaults,
+    /// Changed for the duration of a `run_script(path, #{port})` in tests.
+    pub defaults: RefCell<Defaults>,
     pub registry: RefCell<Registry>,
     pub classes: RefCell<ClassStore>,
     pub sources: RefCell<Sources>,

@@ -30,6 +30,15 @@ pub struct WorkerOptions {
     pub args: Vec<String>,
     pub defaults: Defaults,
     pub budget: Budget,
+    /// Run as one test of `wshost test` instead of serving.
+    pub test: Option<TestCase>,
+}
+
+/// One test: a `test_…` function of the entry script (or its top level when None).
+#[derive(Clone, Debug)]
+pub struct TestCase {
+    pub function: Option<String>,
+    pub timeout: std::time::Duration,
 }
 
 /// How a worker ended.
@@ -41,6 +50,8 @@ pub enum Exit {
     ScriptFailed(ScriptError),
     /// A server of the entry script's top level could not listen.
     ListenFailed(Vec<String>),
+    /// A test ended: passed, or failed with this error.
+    Test(Result<(), ScriptError>),
 }
 
 /// A running worker: send it events; join it for its [`Exit`].
@@ -65,6 +76,7 @@ struct Worker {
     engine: Engine,
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
+    test: Option<TestCase>,
 }
 
 impl Worker {
@@ -83,7 +95,7 @@ impl Worker {
         let ctx = Rc::new(Ctx {
             net,
             events: own,
-            defaults: options.defaults,
+            defaults: std::cell::RefCell::new(options.defaults),
             registry: Default::default(),
             classes: std::cell::RefCell::new(ClassStore::new(dir)),
             sources: std::cell::RefCell::new(Sources::default()),
@@ -96,11 +108,68 @@ impl Worker {
             shutting_down: std::cell::Cell::new(false),
         });
         api::register(&mut engine, &ctx, &options.args);
+        if options.test.is_some() {
+            super::testing::register(&mut engine, &ctx);
+        }
         Self {
             engine,
             ctx,
             entry_path: options.entry,
+            test: options.test,
         }
+    }
+
+    /// Runs the file's top level, then the test function; then closes whatever the test left
+    /// open (bounded) and reports.
+    fn run_test(self, test: TestCase) -> Exit {
+        let compiled = self.ctx.classes.borrow_mut().load_entry(
+            &self.engine,
+            &self.entry_path,
+            &mut self.ctx.sources.borrow_mut(),
+        );
+        let entry: AST = match compiled {
+            Ok(ast) => ast,
+            Err(e) => return Exit::Test(Err(e)),
+        };
+        self.ctx.deadline.start_for(test.timeout);
+        let mut result = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
+        if let (Ok(_), Some(function)) = (&result, &test.function) {
+            let script = self.ctx.classes.borrow().file_or_entry(None);
+            if let Some(script) = script {
+                let options = CallFnOptions::new().eval_ast(false);
+                result = self
+                    .engine
+                    .call_fn_with_options::<Dynamic>(
+                        options,
+                        &mut Scope::new(),
+                        &script.ast,
+                        function,
+                        (),
+                    )
+                    .map(|_| ());
+            }
+        }
+        self.ctx.deadline.clear();
+        let result = result.map_err(|e| {
+            let mut err =
+                ScriptError::from_eval(&e, &self.ctx.entry_name, &self.ctx.sources.borrow());
+            if err.message.contains("time budget") || err.message.contains("past its time limit") {
+                err.message = format!("the test timed out after {:?}", test.timeout);
+            }
+            err
+        });
+        // Close what the test left open; give the peers a bounded time to answer.
+        let dispatch = self.dispatch();
+        dispatch.shutdown();
+        let until = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            dispatch.finish_stopped_servers();
+            if !self.ctx.registry.borrow().alive() || Instant::now() >= until {
+                break;
+            }
+            dispatch.step(Some(until));
+        }
+        Exit::Test(result)
     }
 
     fn dispatch(&self) -> Dispatch<'_> {
@@ -111,6 +180,9 @@ impl Worker {
     }
 
     fn run(self) -> Exit {
+        if let Some(test) = self.test.clone() {
+            return self.run_test(test);
+        }
         let compiled = self.ctx.classes.borrow_mut().load_entry(
             &self.engine,
             &self.entry_path,
@@ -152,25 +224,39 @@ pub struct Dispatch<'a> {
 
 impl Dispatch<'_> {
     pub fn event_loop(&self) {
-        while self.ctx.registry.borrow().alive() {
-            let next_timer = self.ctx.registry.borrow().timers.next_due();
-            let event = match next_timer {
-                None => match self.ctx.rx.recv() {
-                    Ok(e) => Some(e),
-                    Err(_) => break,
-                },
-                Some(at) => match self.ctx.rx.recv_deadline(at) {
-                    Ok(e) => Some(e),
-                    Err(flume::RecvTimeoutError::Timeout) => None,
-                    Err(flume::RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            if let Some(event) = event {
-                self.handle(event);
-            }
-            self.run_due_timers();
-            self.finish_stopped_servers();
+        while self.ctx.registry.borrow().alive() && self.step(None) {}
+    }
+
+    /// Waits for one event (or a due timer), at most until `until`, and handles it.
+    /// False if the queue is closed.
+    pub fn step(&self, until: Option<Instant>) -> bool {
+        // A server stopped since the last step may be done already: no need to wait.
+        self.finish_stopped_servers();
+        if !self.ctx.registry.borrow().alive() && until.is_none() {
+            return true;
         }
+        let next_timer = self.ctx.registry.borrow().timers.next_due();
+        let wake = match (next_timer, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let event = match wake {
+            None => match self.ctx.rx.recv() {
+                Ok(e) => Some(e),
+                Err(_) => return false,
+            },
+            Some(at) => match self.ctx.rx.recv_deadline(at) {
+                Ok(e) => Some(e),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => return false,
+            },
+        };
+        if let Some(event) = event {
+            self.handle(event);
+        }
+        self.run_due_timers();
+        self.finish_stopped_servers();
+        true
     }
 
     /// Runs the timers that are due, each once; an interval is put back for its next run.

@@ -1,0 +1,190 @@
+//! The helpers `wshost test` gives test scripts: assertions, waiting without blocking the
+//! event loop, a free port, and running another script.
+//!
+//! `wait_until` and `sleep` keep dispatching events and timers while the test waits, so the
+//! servers and clients a test made go on working; they run on the test's own worker.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Scope};
+
+use super::state::Ctx;
+use super::worker::Dispatch;
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// How long `wait_until(cond)` waits without a timeout argument.
+pub const DEFAULT_WAIT_MS: i64 = 5000;
+
+pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    engine.register_fn("assert", |cond: bool| -> Res<()> {
+        if cond {
+            Ok(())
+        } else {
+            Err("assertion failed".into())
+        }
+    });
+    engine.register_fn(
+        "assert",
+        |cond: bool, message: ImmutableString| -> Res<()> {
+            if cond {
+                Ok(())
+            } else {
+                Err(format!("assertion failed: {message}").into())
+            }
+        },
+    );
+    engine.register_fn(
+        "assert_eq",
+        |ncc: NativeCallContext, a: Dynamic, b: Dynamic| check_eq(&ncc, a, b, true, None),
+    );
+    engine.register_fn(
+        "assert_eq",
+        |ncc: NativeCallContext, a: Dynamic, b: Dynamic, m: ImmutableString| {
+            check_eq(&ncc, a, b, true, Some(m))
+        },
+    );
+    engine.register_fn(
+        "assert_ne",
+        |ncc: NativeCallContext, a: Dynamic, b: Dynamic| check_eq(&ncc, a, b, false, None),
+    );
+    engine.register_fn(
+        "assert_ne",
+        |ncc: NativeCallContext, a: Dynamic, b: Dynamic, m: ImmutableString| {
+            check_eq(&ncc, a, b, false, Some(m))
+        },
+    );
+
+    let c = ctx.clone();
+    engine.register_fn("wait_until", move |ncc: NativeCallContext, cond: FnPtr| {
+        wait_until(&c, &ncc, cond, DEFAULT_WAIT_MS)
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "wait_until",
+        move |ncc: NativeCallContext, cond: FnPtr, ms: i64| wait_until(&c, &ncc, cond, ms),
+    );
+    let c = ctx.clone();
+    engine.register_fn("sleep", move |ncc: NativeCallContext, ms: i64| -> Res<()> {
+        let until = Instant::now() + Duration::from_millis(ms.max(0) as u64);
+        let dispatch = Dispatch {
+            engine: ncc.engine(),
+            ctx: &c,
+        };
+        while Instant::now() < until {
+            check_test_deadline(&c)?;
+            dispatch.step(Some(until.min(Instant::now() + Duration::from_millis(50))));
+        }
+        Ok(())
+    });
+    engine.register_fn("free_port", || -> Res<i64> {
+        let l =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free_port: {e}"))?;
+        Ok(i64::from(l.local_addr().map_err(|e| e.to_string())?.port()))
+    });
+    let c = ctx.clone();
+    engine.register_fn("run_script", move |ncc: NativeCallContext, path: &str| {
+        run_script(&c, &ncc, path, Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "run_script",
+        move |ncc: NativeCallContext, path: &str, options: Map| run_script(&c, &ncc, path, options),
+    );
+}
+
+fn check_eq(
+    ncc: &NativeCallContext,
+    a: Dynamic,
+    b: Dynamic,
+    want_equal: bool,
+    message: Option<ImmutableString>,
+) -> Res<()> {
+    let equal = ncc
+        .call_fn::<bool>("==", (a.clone(), b.clone()))
+        .unwrap_or_else(|_| format!("{a:?}") == format!("{b:?}"));
+    if equal == want_equal {
+        return Ok(());
+    }
+    let what = if want_equal { "assert_eq" } else { "assert_ne" };
+    let extra = message.map(|m| format!(": {m}")).unwrap_or_default();
+    Err(format!("{what} failed{extra}\n  left: {a:?}\n right: {b:?}").into())
+}
+
+fn check_test_deadline(ctx: &Ctx) -> Res<()> {
+    if ctx.deadline.passed() {
+        Err("the test ran past its time limit".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Dispatches events until `cond()` is true; an error if it is still false after `ms`.
+fn wait_until(ctx: &Rc<Ctx>, ncc: &NativeCallContext, cond: FnPtr, ms: i64) -> Res<()> {
+    let until = Instant::now() + Duration::from_millis(ms.max(0) as u64);
+    let dispatch = Dispatch {
+        engine: ncc.engine(),
+        ctx,
+    };
+    loop {
+        let value: Dynamic = cond.call_within_context(ncc, ())?;
+        match value.as_bool() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(t) => {
+                return Err(
+                    format!("wait_until: the condition must return a bool, got {t}").into(),
+                );
+            }
+        }
+        check_test_deadline(ctx)?;
+        let now = Instant::now();
+        if now >= until {
+            return Err(format!("wait_until: the condition was still false after {ms} ms").into());
+        }
+        // Wake at least every 50 ms: a condition may depend on time alone.
+        dispatch.step(Some(until.min(now + Duration::from_millis(50))));
+    }
+}
+
+/// Runs another script's top level here, e.g. `run_script("scripts/chat.rhai", #{port: p})`:
+/// its servers use `port`/`host` from `options` unless their own options say otherwise.
+fn run_script(ctx: &Rc<Ctx>, ncc: &NativeCallContext, path: &str, options: Map) -> Res<()> {
+    let saved = ctx.defaults.borrow().clone();
+    let mut defaults = saved.clone();
+    for (k, v) in options {
+        match k.as_str() {
+            "port" => {
+                defaults.port = v
+                    .as_int()
+                    .ok()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| format!("run_script: port must be 0-65535, got {v}"))?;
+            }
+            "host" => {
+                defaults.host = v
+                    .into_string()
+                    .map_err(|t| format!("run_script: host must be a string, got {t}"))?;
+            }
+            other => {
+                return Err(
+                    format!("run_script: unknown option {other:?} (known: port, host)").into(),
+                );
+            }
+        }
+    }
+    let ast = ctx
+        .classes
+        .borrow_mut()
+        .load_script(ncc.engine(), Path::new(path), &mut ctx.sources.borrow_mut())
+        .map_err(|e| format!("run_script: {e}"))?;
+    *ctx.defaults.borrow_mut() = defaults;
+    let result = ncc.engine().run_ast_with_scope(&mut Scope::new(), &ast);
+    *ctx.defaults.borrow_mut() = saved;
+    result.map_err(|e| {
+        let err = super::error::ScriptError::from_eval(&e, path, &ctx.sources.borrow());
+        format!("run_script: {err}").into()
+    })
+}

@@ -1,0 +1,118 @@
+//! `wshost test`: the project's own scripted tests (tests/scripts/*.rhai) run here, inside
+//! `cargo test`, and the runner itself is tested on fixtures whose outcome is known.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn the_scripted_tests_in_tests_scripts_pass() {
+    let (status, stdout, stderr) = run_cli(&["test", "tests/scripts"]);
+    println!("{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+    let passed: usize = last.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 2, "{stdout}");
+}
+
+#[test]
+fn the_runner_reports_each_outcome_with_locations() {
+    let started = Instant::now();
+    let (status, stdout, _) = run_cli(&[
+        "test",
+        "tests/fixtures/runner",
+        "--timeout",
+        "1",
+        "--jobs",
+        "3",
+    ]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    // Everything, the 1 s timeout and the clean-up included, ends well within the limits.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("test {name} ... ")))
+            .unwrap_or_else(|| panic!("no line for {name} in\n{stdout}"))
+    };
+    for ok in [
+        "tests/fixtures/runner/pass.rhai::test_arithmetic",
+        "tests/fixtures/runner/pass.rhai::test_echo_round_trip",
+        "tests/fixtures/runner/leaves_server.rhai::test_leaves_things_open",
+        "tests/fixtures/runner/top_level.rhai",
+    ] {
+        assert!(line(ok).contains(" ... ok ("), "{}", line(ok));
+        assert!(line(ok).ends_with(" ms)"), "{}", line(ok));
+    }
+    for failed in [
+        "tests/fixtures/runner/fail.rhai::test_wrong_sum",
+        "tests/fixtures/runner/timeout.rhai::test_forever",
+        "tests/fixtures/runner/timeout.rhai::test_wait_gives_up",
+        "tests/fixtures/runner/error.rhai::test_undefined_variable",
+        "tests/fixtures/runner/broken.rhai",
+    ] {
+        assert!(line(failed).contains(" ... FAILED ("), "{}", line(failed));
+    }
+    assert!(!stdout.contains("helper_not_a_test"), "{stdout}");
+
+    // Failures say where, with both values and the source line.
+    for expected in [
+        "    tests/fixtures/runner/fail.rhai:4:5: assert_eq failed: one plus two",
+        "      left: 3",
+        "     right: 4",
+        "    tests/fixtures/runner/timeout.rhai:4:9: the test timed out after 1s",
+        "    tests/fixtures/runner/timeout.rhai:9:5: wait_until: the condition was still false after 200 ms",
+        "    tests/fixtures/runner/error.rhai:4:11: Variable not found: no_such_thing",
+        "    tests/fixtures/runner/broken.rhai:3:9: syntax error:",
+        "       4 |     assert_eq(sum, 4, \"one plus two\");",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    // What the test left open was closed: both ends of the connection, then the server.
+    for cleanup in [
+        "cleanup: client closed 1001",
+        "cleanup: server side closed 1001",
+        "cleanup: server stopped",
+    ] {
+        assert!(stdout.contains(cleanup), "missing {cleanup:?} in\n{stdout}");
+    }
+    assert_eq!(
+        stdout.lines().last(),
+        Some("4 passed, 5 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn filter_selects_tests_by_name() {
+    let (status, stdout, _) = run_cli(&[
+        "test",
+        "tests/fixtures/runner",
+        "--filter",
+        "pass.rhai::test_arith",
+    ]);
+    assert!(status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("1 passed, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("test ")).count(), 1);
+}
+
+#[test]
+fn a_missing_test_path_is_a_usage_error() {
+    let (status, _, stderr) = run_cli(&["test", "tests/no-such-folder"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("tests/no-such-folder"), "{stderr}");
+}
