@@ -65,6 +65,9 @@ struct RunArgs {
     /// Address for servers whose options have no `host`.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Do not watch the scripts for changes (no hot reload).
+    #[arg(long)]
+    no_watch: bool,
     /// A PEM file of extra certificate authorities for wss:// clients to trust.
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
@@ -72,6 +75,9 @@ struct RunArgs {
     #[arg(trailing_var_arg = true)]
     args: Vec<String>,
 }
+
+/// Saves of the same files closer together than this make one reload.
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Runs the command line `args` (including the program name); returns the exit code.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
@@ -159,6 +165,7 @@ fn run(args: RunArgs) -> ExitCode {
         host: args.host,
         port: args.port,
         args: args.args,
+        watch: (!args.no_watch).then_some(RELOAD_DEBOUNCE),
         ..HostConfig::default()
     };
     config.net.extra_ca = args.ca_file;

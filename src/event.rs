@@ -311,6 +311,10 @@ pub enum Event {
     },
     /// Stop gracefully: close every connection with 1001 and finish.
     Shutdown,
+    /// Script files changed on disk (hot reload).
+    Reload {
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 impl std::fmt::Debug for ConnectionHandle {

@@ -25,6 +25,8 @@ pub struct HostConfig {
     pub shutdown_timeout: Duration,
     /// The script's `ARGS` array.
     pub args: Vec<String>,
+    /// Hot reload: watch the scripts, with this debounce (None: no watching).
+    pub watch: Option<Duration>,
 }
 
 impl Default for HostConfig {
@@ -36,6 +38,7 @@ impl Default for HostConfig {
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
             args: Vec::new(),
+            watch: None,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Host {
                 },
                 budget: config.budget,
                 test: None,
+                watch: config.watch,
             },
         )
         .context("cannot start the script worker")?;

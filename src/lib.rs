@@ -26,6 +26,7 @@ mod net;
 mod payload;
 pub mod runner;
 mod script;
+mod watch;
 
 pub use host::{Host, HostConfig, StopHandle};
 pub use net::NetConfig;

@@ -134,6 +134,7 @@ fn run_one(net: &Arc<Network>, test: &Test, timeout: Duration) -> Result<(), Scr
             function: test.function.clone(),
             timeout,
         }),
+        watch: None,
     };
     let worker = script::spawn(net.clone(), options)
         .map_err(|e| ScriptError::plain(&test.name, format!("cannot start a worker: {e}")))?;

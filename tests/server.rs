@@ -273,7 +273,7 @@ async fn a_throwing_callback_is_logged_with_its_location_and_goes_to_on_error() 
     );
     assert!(line.contains("connection"), "{line}");
     assert!(
-        host.stderr().contains("\"boom\" => throw"),
+        host.wait_stderr("\"boom\" => throw", TIMEOUT).is_some(),
         "source line quoted"
     );
 

@@ -210,7 +210,13 @@ fn new_server(
         return Err("WebSocketServer.new: the handler has no onConnection callback".into());
     }
     let opts = server_options(ctx, options)?;
+    if let Some(id) = adopt_server(ctx, ncc, &handler, &opts) {
+        return Ok(ServerObj { id });
+    }
     let id = next_id();
+    if ctx.in_top_level() {
+        ctx.top_level.borrow_mut().servers.push(id);
+    }
     let route = Route {
         server: id,
         events: ctx.events.clone(),
@@ -226,6 +232,7 @@ fn new_server(
         id,
         ServerEntry {
             handler,
+            requested_port: opts.port,
             home: ncc.call_source().map(str::to_string),
             host: opts.host,
             port,
@@ -257,6 +264,72 @@ fn new_server(
     };
     let _ = ctx.events.send(event);
     Ok(ServerObj { id })
+}
+
+/// During a re-run of the entry script's top level: the running server with the same host,
+/// port and path takes the new handler (keeping its listener, connections and state).
+fn adopt_server(
+    ctx: &Ctx,
+    ncc: &NativeCallContext,
+    handler: &Dynamic,
+    opts: &ServerOptions,
+) -> Option<ServerId> {
+    if !ctx.reloading.get() {
+        return None;
+    }
+    let mut reg = ctx.registry.borrow_mut();
+    let mut adoptable = ctx.adoptable.borrow_mut();
+    let pos = adoptable.iter().position(|id| {
+        reg.servers.get(id).is_some_and(|s| {
+            !s.terminated
+                && s.host == opts.host
+                && s.requested_port == opts.port
+                && s.path == opts.path
+        })
+    })?;
+    let id = adoptable.remove(pos);
+    let server = reg.servers.get_mut(&id)?;
+    keep_state(&server.handler, handler);
+    server.home = ncc.call_source().map(str::to_string);
+    server.data_type = opts.data_type;
+    let conns = server.conns.len();
+    ctx.top_level.borrow_mut().servers.push(id);
+    tracing::info!(
+        "reload: kept the server on {}:{}{} with its {conns} connection(s)",
+        server.host,
+        server.port,
+        server.path.as_deref().unwrap_or("/")
+    );
+    Some(id)
+}
+
+/// Gives a running handler the callbacks of its new version and keeps its state: an instance
+/// of the same class stays as is (its class file brings the new code); an object map takes
+/// the new map's properties, but data it already had (non-function properties) is kept.
+fn keep_state(old: &Dynamic, new: &Dynamic) {
+    let class_of = |d: &Dynamic| {
+        d.read_lock::<Map>()
+            .and_then(|m| m.get(CLASS_KEY).map(|c| c.to_string()))
+    };
+    let (old_class, new_class) = (class_of(old), class_of(new));
+    if old_class.is_some() && old_class == new_class {
+        return;
+    }
+    let Some(mut merged) = new.read_lock::<Map>().map(|m| m.clone()) else {
+        return;
+    };
+    if let Some(old_map) = old.read_lock::<Map>() {
+        for (k, v) in old_map.iter() {
+            if !v.is::<FnPtr>() && k.as_str() != CLASS_KEY {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    // `old` is shared: writing through a clone changes the one object everybody holds.
+    let mut shared = old.clone();
+    if let Some(mut target) = shared.write_lock::<Map>() {
+        *target = merged;
+    }
 }
 
 fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
@@ -724,6 +797,9 @@ fn new_client(
     let config = ctx.net.config();
     let port = ConnectionHandle::channel(Status::Connecting, config.send_queue, config.inflight);
     let handle = port.handle.clone();
+    if ctx.in_top_level() {
+        ctx.top_level.borrow_mut().clients.push(handle.id());
+    }
     ctx.registry.borrow_mut().conns.insert(
         handle.id(),
         super::state::ConnEntry {
@@ -774,7 +850,11 @@ fn register_timers(engine: &mut Engine, ctx: &Rc<Ctx>) {
                     every: repeat.then(|| delay.max(Duration::from_millis(1))),
                     home: ncc.call_source().map(str::to_string),
                 };
-                Ok(c.registry.borrow_mut().timers.add(delay, timer))
+                let id = c.registry.borrow_mut().timers.add(delay, timer);
+                if c.in_top_level() {
+                    c.top_level.borrow_mut().timers.push(id);
+                }
+                Ok(id)
             },
         );
     }

@@ -12,6 +12,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::watch::Watcher;
 
 use rhai::{AST, Engine};
 
@@ -65,13 +68,34 @@ pub struct ClassStore {
     /// The folder of each file, where its `cs.Name` classes are found.
     dirs: HashMap<String, PathBuf>,
     entry: Option<String>,
-    /// Every closure of every file loaded so far.
+    /// Every closure of every file loaded so far, old versions included: a closure made by
+    /// old code keeps running the code it was made with.
     closures: AST,
+    /// Loaded files by canonical path, for reloads.
+    paths: HashMap<PathBuf, String>,
+    watcher: Option<Arc<Watcher>>,
+}
+
+/// What a reload of one file did.
+pub enum Reloaded {
+    /// Same text as loaded: nothing to do.
+    Unchanged,
+    /// The file is empty now (an editor between truncating and writing): ignored.
+    Empty,
+    /// The entry script compiled anew: its top level is to be run again.
+    Entry(AST),
+    /// A class compiled anew; `removed` are the functions the new version no longer has.
+    Class { name: String, removed: Vec<String> },
+    /// Another script (`run_script`) compiled anew; its functions are live, its top level is
+    /// not run again.
+    Script,
 }
 
 impl ClassStore {
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, watcher: Option<Arc<Watcher>>) -> Self {
         Self {
+            paths: HashMap::new(),
+            watcher,
             dir,
             files: HashMap::new(),
             classes: HashMap::new(),
@@ -90,6 +114,7 @@ impl ClassStore {
     ) -> Result<AST, ScriptError> {
         let ast = compile_file(engine, path, sources)?;
         let file = display_name(path);
+        self.track(path, &file);
         self.add(file.clone(), None, ast.clone());
         self.entry = Some(file);
         Ok(ast)
@@ -104,6 +129,7 @@ impl ClassStore {
     ) -> Result<AST, ScriptError> {
         let ast = compile_file(engine, path, sources)?;
         let file = display_name(path);
+        self.track(path, &file);
         self.dirs.insert(file.clone(), parent_dir(path));
         self.add(file, None, ast.clone());
         Ok(ast)
@@ -126,6 +152,7 @@ impl ClassStore {
         let path = class_path(dir, name)?;
         let ast = compile_file(engine, &path, sources)?;
         let file = display_name(&path);
+        self.track(&path, &file);
         self.dirs.insert(file.clone(), parent_dir(&path));
         self.classes.insert(name.to_string(), file.clone());
         Ok(self.add(file, Some(name.to_string()), ast))
@@ -141,6 +168,62 @@ impl ClassStore {
         file.and_then(|f| self.files.get(f))
             .or_else(|| self.entry.as_ref().and_then(|e| self.files.get(e)))
             .map(|c| c.script.clone())
+    }
+
+    fn track(&mut self, path: &Path, file: &str) {
+        if let Ok(canonical) = path.canonicalize() {
+            self.paths.insert(canonical, file.to_string());
+        }
+        if let Some(w) = &self.watcher {
+            w.watch(path);
+        }
+    }
+
+    /// Compiles a changed file again. On an error the old code stays, its source text too.
+    pub fn reload(
+        &mut self,
+        engine: &Engine,
+        path: &Path,
+        sources: &mut Sources,
+    ) -> Result<Reloaded, ScriptError> {
+        let Some(file) = self.paths.get(path).cloned() else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScriptError::plain(&file, format!("cannot read: {e}")))?;
+        if text.trim().is_empty() {
+            return Ok(Reloaded::Empty);
+        }
+        if sources.get(&file) == Some(text.as_str()) {
+            return Ok(Reloaded::Unchanged);
+        }
+        let old_text = sources.get(&file).map(str::to_string);
+        let mut ast = match compile_text(engine, &file, text, sources) {
+            Ok(ast) => ast,
+            Err(e) => {
+                if let Some(old) = old_text {
+                    sources.insert(&file, old);
+                }
+                return Err(e);
+            }
+        };
+        ast.set_source(file.as_str());
+        let compiled = &self.files[&file];
+        let class = compiled.class.clone();
+        let old_params = param_counts(&compiled.ast);
+        let new_params = param_counts(&ast);
+        let mut removed: Vec<String> = old_params
+            .keys()
+            .filter(|f| !is_closure(f) && !new_params.contains_key(*f))
+            .cloned()
+            .collect();
+        removed.sort();
+        self.add(file.clone(), class.clone(), ast.clone());
+        Ok(match class {
+            Some(name) => Reloaded::Class { name, removed },
+            None if self.entry.as_deref() == Some(file.as_str()) => Reloaded::Entry(ast),
+            None => Reloaded::Script,
+        })
     }
 
     fn add(&mut self, file: String, class: Option<String>, ast: AST) -> Rc<Script> {
@@ -209,12 +292,20 @@ pub fn compile_file(
     let name = display_name(path);
     let text = std::fs::read_to_string(path)
         .map_err(|e| ScriptError::plain(&name, format!("cannot read: {e}")))?;
-    sources.insert(&name, text.clone());
-    let mut ast = engine
-        .compile(&text)
-        .map_err(|e| ScriptError::from_parse(&e, &name, sources))?;
+    let mut ast = compile_text(engine, &name, text, sources)?;
     ast.set_source(name);
     Ok(ast)
+}
+
+fn compile_text(
+    engine: &Engine,
+    name: &str,
+    text: String,
+    sources: &mut Sources,
+) -> Result<AST, ScriptError> {
+    let result = engine.compile(&text);
+    sources.insert(name, text);
+    result.map_err(|e| ScriptError::from_parse(&e, name, sources))
 }
 
 /// Class names a script mentions as `cs.Name`, in order of first mention.

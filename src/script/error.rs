@@ -20,6 +20,10 @@ impl Sources {
         self.texts.insert(name.to_string(), text);
     }
 
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.texts.get(name).map(String::as_str)
+    }
+
     fn line(&self, name: &str, line: usize) -> Option<&str> {
         self.texts.get(name)?.lines().nth(line.checked_sub(1)?)
     }
@@ -177,7 +181,7 @@ pub fn display_name(path: &Path) -> String {
     let rel = std::env::current_dir()
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(PathBuf::from));
-    rel.unwrap_or_else(|| path.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
+    let shown = rel.unwrap_or_else(|| path.to_path_buf());
+    let shown = shown.strip_prefix(".").unwrap_or(&shown);
+    shown.to_string_lossy().into_owned()
 }

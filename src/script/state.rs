@@ -26,6 +26,8 @@ pub struct Defaults {
 
 pub struct ServerEntry {
     pub handler: Dynamic,
+    /// The `port` asked for (0 for any): with host and path, what a re-run matches on.
+    pub requested_port: u16,
     /// The file whose functions `Fn("name")` in the handler refers to.
     pub home: Option<String>,
     pub host: String,
@@ -47,6 +49,14 @@ pub enum Side {
     Server(ServerId),
     /// Opened by `WebSocket.new(url, …)`.
     Client { url: String },
+}
+
+/// Objects made by a run of the entry script's top level; a re-run after an edit replaces them.
+#[derive(Default)]
+pub struct TopLevel {
+    pub servers: Vec<ServerId>,
+    pub clients: Vec<ConnId>,
+    pub timers: Vec<i64>,
 }
 
 pub struct ConnEntry {
@@ -161,6 +171,12 @@ pub struct Ctx {
     /// True while the entry script's top level runs: a server that cannot listen then is a
     /// start-up failure of the whole run.
     pub starting: Cell<bool>,
+    /// True while the entry script's top level runs again after an edit.
+    pub reloading: Cell<bool>,
+    /// What the last run of the entry script's top level created.
+    pub top_level: RefCell<TopLevel>,
+    /// During a top-level re-run: servers of the previous run not adopted yet.
+    pub adoptable: RefCell<Vec<ServerId>>,
     pub startup_failures: RefCell<Vec<String>>,
     /// The worker's queue: socket tasks and the worker itself send here.
     pub rx: flume::Receiver<Event>,
@@ -173,6 +189,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// True while a top level runs (first run or re-run): what it makes is recorded.
+    pub fn in_top_level(&self) -> bool {
+        self.starting.get() || self.reloading.get()
+    }
+
     /// Stops a server: no new connections, and every open one is closed with 1001.
     /// Its `onTerminate` runs once its last connection is gone.
     pub fn terminate_server(&self, id: ServerId) {

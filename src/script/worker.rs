@@ -13,7 +13,7 @@ use std::time::Instant;
 use rhai::{AST, CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
 
 use super::api::{self, ServerObj, has_callback, share_handler};
-use super::classes::{CLASS_KEY, ClassStore};
+use super::classes::{CLASS_KEY, ClassStore, Reloaded};
 use super::convert::{DataType, payload_to_data};
 use super::engine::{Budget, Deadline, new_engine};
 use super::error::{ScriptError, Sources, display_name};
@@ -32,6 +32,8 @@ pub struct WorkerOptions {
     pub budget: Budget,
     /// Run as one test of `wshost test` instead of serving.
     pub test: Option<TestCase>,
+    /// Watch the scripts and reload them when they change, with this debounce.
+    pub watch: Option<std::time::Duration>,
 }
 
 /// One test: a `test_…` function of the entry script (or its top level when None).
@@ -92,12 +94,20 @@ impl Worker {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let watcher = options.watch.and_then(|debounce| {
+            crate::watch::Watcher::start(own.clone(), debounce)
+                .map_err(|e| tracing::warn!("hot reload is off: cannot watch files: {e}"))
+                .ok()
+        });
         let ctx = Rc::new(Ctx {
             net,
             events: own,
             defaults: std::cell::RefCell::new(options.defaults),
             registry: Default::default(),
-            classes: std::cell::RefCell::new(ClassStore::new(dir)),
+            classes: std::cell::RefCell::new(ClassStore::new(dir, watcher)),
+            reloading: std::cell::Cell::new(false),
+            top_level: Default::default(),
+            adoptable: Default::default(),
             sources: std::cell::RefCell::new(Sources::default()),
             starting: std::cell::Cell::new(false),
             startup_failures: Default::default(),
@@ -349,6 +359,140 @@ impl Dispatch<'_> {
                 );
             }
             Event::Shutdown => self.shutdown(),
+            Event::Reload { files } => {
+                if !self.ctx.shutting_down.get() {
+                    for file in files {
+                        self.reload(&file);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hot reload of one changed file (SPEC section 7; the rules are in the README).
+    fn reload(&self, path: &std::path::Path) {
+        let started = Instant::now();
+        let result = self.ctx.classes.borrow_mut().reload(
+            self.engine,
+            path,
+            &mut self.ctx.sources.borrow_mut(),
+        );
+        let file = display_name(path);
+        let ms = || started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(Reloaded::Unchanged) => tracing::debug!("{file}: saved without changes"),
+            Ok(Reloaded::Empty) => {
+                tracing::warn!("{file} is empty: the old code keeps running until it has content")
+            }
+            Ok(Reloaded::Class { name, removed }) => {
+                tracing::info!("reloaded {file} (class {name}) in {:.2} ms", ms());
+                self.report_removed(&file, &removed);
+                self.call_on_reload(&file);
+            }
+            Ok(Reloaded::Script) => {
+                tracing::info!(
+                    "reloaded {file} in {:.2} ms (its top level is not run again)",
+                    ms()
+                );
+                self.call_on_reload(&file);
+            }
+            Ok(Reloaded::Entry(ast)) => {
+                self.rerun_top_level(&file, &ast);
+                tracing::info!("reloaded {file} (top level run again) in {:.2} ms", ms());
+                self.call_on_reload(&file);
+            }
+            Err(e) => tracing::error!(
+                "{e} (reload failed: the old code keeps running){}",
+                e.snippet()
+            ),
+        }
+    }
+
+    fn report_removed(&self, file: &str, removed: &[String]) {
+        for f in removed {
+            if f.starts_with("on") {
+                tracing::warn!(
+                    "{file}: {f} was removed: handlers from this file skip it from now on"
+                );
+            } else {
+                tracing::info!("{file}: {f} was removed");
+            }
+        }
+    }
+
+    /// Calls `onReload(event)` on every handler whose code is in `file` (its class file, or
+    /// the file that made an inline handler).
+    fn call_on_reload(&self, file: &str) {
+        let targets: Vec<(Dynamic, Option<String>)> = {
+            let reg = self.ctx.registry.borrow();
+            let servers = reg
+                .servers
+                .values()
+                .map(|s| (s.handler.clone(), s.home.clone()));
+            let conns = reg
+                .conns
+                .values()
+                .map(|c| (c.handler.clone(), c.home.clone()));
+            servers
+                .chain(conns)
+                .filter(|(h, home)| {
+                    self.class_file(h).or_else(|| home.clone()).as_deref() == Some(file)
+                })
+                .collect()
+        };
+        let mut event = event_map("reload");
+        event.insert("file".into(), file.into());
+        for (handler, home) in targets {
+            if let Some(Err(e)) = self.invoke(
+                &handler,
+                home.as_deref(),
+                "onReload",
+                vec![event.clone().into()],
+            ) {
+                tracing::error!("{e} (onReload){}", e.snippet());
+            }
+        }
+    }
+
+    /// Runs the entry script's top level again. Servers it creates with the host, port and
+    /// path of a running one adopt that server; what the previous run made and this one does
+    /// not make again is stopped, each named in the log.
+    fn rerun_top_level(&self, file: &str, ast: &AST) {
+        let previous = std::mem::take(&mut *self.ctx.top_level.borrow_mut());
+        *self.ctx.adoptable.borrow_mut() = previous.servers.clone();
+        {
+            let mut reg = self.ctx.registry.borrow_mut();
+            for id in &previous.timers {
+                reg.timers.cancel(*id);
+            }
+            for id in &previous.clients {
+                if let Some(c) = reg.conns.get(id) {
+                    tracing::info!("reload: closing client {id} made by the old top level");
+                    c.handle.close(1001, "script reloaded".into());
+                }
+            }
+        }
+        self.ctx.reloading.set(true);
+        self.ctx.deadline.start(&self.ctx.budget);
+        let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+        self.ctx.deadline.clear();
+        self.ctx.reloading.set(false);
+        let left = std::mem::take(&mut *self.ctx.adoptable.borrow_mut());
+        match result {
+            Ok(_) => {
+                for id in left {
+                    tracing::warn!("reload: {file} no longer creates server {id}: stopping it");
+                    self.ctx.terminate_server(id);
+                }
+            }
+            Err(e) => {
+                let err = ScriptError::from_eval(e.as_ref(), file, &self.ctx.sources.borrow());
+                tracing::error!(
+                    "{err} (top level after reload; servers it did not reach keep running){}",
+                    err.snippet()
+                );
+                self.ctx.top_level.borrow_mut().servers.extend(left);
+            }
         }
     }
 
