@@ -192,6 +192,8 @@ async fn an_entry_edit_reruns_the_top_level_and_adopts_running_servers() {
     let host = start(&dir, "entry.rhai");
     let mut root = connect(&host.url("/")).await;
     let mut old = connect(&host.url("/old")).await;
+    let mut closure = connect(&host.url("/closure")).await;
+    assert_eq!(ask(&mut closure, "c").await, "closure v1 c");
     assert_eq!(ask(&mut root, "a").await, "v1 a hello");
     assert_eq!(ask(&mut old, "b").await, "v1 b ");
 
@@ -209,6 +211,11 @@ async fn an_entry_edit_reruns_the_top_level_and_adopts_running_servers() {
         .expect("said in the log");
     let refused = tokio_tungstenite::connect_async(host.url("/old")).await;
     assert!(refused.is_err());
+    // A connection whose handler is a closure keeps the code it was made with (and works);
+    // a new connection gets the new closure.
+    assert_eq!(ask(&mut closure, "c").await, "closure v1 c");
+    let mut closure2 = connect(&host.url("/closure")).await;
+    assert_eq!(ask(&mut closure2, "c").await, "closure v2 c");
     // New connections on `/` work.
     let mut again = connect(&host.url("/")).await;
     assert_eq!(ask(&mut again, "c").await, "v2 c hello");
