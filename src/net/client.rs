@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Error as WsError};
 use tokio_tungstenite::{Connector, connect_async_tls_with_config};
 
 use super::{NetConfig, Network, connection};
-use crate::event::{ConnectionPort, ErrorKind, Event, Status};
+use crate::event::{ConnectionPort, ErrorKind, Event};
 
 /// What the script asked for: the URL and extra upgrade-request headers.
 #[derive(Clone, Debug)]
@@ -73,7 +73,8 @@ impl Network {
                 }
                 Err((kind, message)) => {
                     tracing::debug!("client {id} to {}: {message}", request.url);
-                    handle.set_status(Status::Closed);
+                    // `Closed` is the worker's to set, when it delivers onTerminate.
+                    handle.begin_closing();
                     let _ = events
                         .send_async(Event::Error {
                             conn: id,

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Command, ConnectionHandle, ErrorKind, Event, Status};
+use crate::event::{Command, ConnectionHandle, ErrorKind, Event};
 use crate::payload::{Payload, Text};
 
 /// How the reader ended.
@@ -58,7 +58,8 @@ pub(crate) async fn run<S>(
     let writer = write_loop(sink, commands, &handle, &done, close_timeout);
     let (read_end, write_end) = tokio::join!(reader, writer);
 
-    handle.set_status(Status::Closed);
+    // `Closed` is the worker's to set, when it delivers onTerminate.
+    handle.begin_closing();
     let clean = matches!(
         read_end,
         ReadEnd::Closed {

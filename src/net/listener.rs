@@ -355,7 +355,8 @@ async fn handle_request(
             }
             Err(e) => {
                 tracing::debug!("connection {}: upgrade failed: {e}", handle.id());
-                handle.set_status(Status::Closed);
+                // `Closed` is the worker's to set, when it delivers onTerminate.
+                handle.begin_closing();
                 let _ = events
                     .send_async(Event::Closed {
                         conn: handle.id(),

@@ -26,16 +26,13 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             Err("assertion failed".into())
         }
     });
-    engine.register_fn(
-        "assert",
-        |cond: bool, message: ImmutableString| -> Res<()> {
-            if cond {
-                Ok(())
-            } else {
-                Err(format!("assertion failed: {message}").into())
-            }
-        },
-    );
+    engine.register_fn("assert", |cond: bool, message: Dynamic| -> Res<()> {
+        if cond {
+            Ok(())
+        } else {
+            Err(format!("assertion failed: {message}").into())
+        }
+    });
     engine.register_fn(
         "assert_eq",
         |ncc: NativeCallContext, a: Dynamic, b: Dynamic| check_eq(&ncc, a, b, true, None),

@@ -654,6 +654,9 @@ impl Dispatch<'_> {
             };
             let client = matches!(entry.side, Side::Client { .. });
             let report = entry.opened || client;
+            // Scripts see `Closed` from onTerminate on, not before: the socket may be gone
+            // earlier, but events queued before this one still see the connection closing.
+            entry.handle.set_status(crate::event::Status::Closed);
             // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
             if let Side::Server(server) = entry.side
                 && let Some(s) = reg.servers.get_mut(&server)
