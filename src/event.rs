@@ -6,7 +6,7 @@
 //! or tungstenite.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,9 @@ struct Shared {
     overflow: CancellationToken,
     /// Messages the socket task may still hand to the worker before it stops reading.
     inflight: Semaphore,
+    /// Bytes queued for sending and not written yet, and the most allowed.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
 }
 
 /// A connection as the script side holds it: an id plus a way to reach its socket task.
@@ -94,9 +97,11 @@ pub struct ConnectionPort {
 }
 
 impl ConnectionHandle {
-    /// A new handle with an outgoing queue of `queue` messages and at most `inflight`
-    /// incoming messages waiting for the worker.
-    pub fn channel(status: Status, queue: usize, inflight: usize) -> ConnectionPort {
+    /// A new handle with an outgoing queue of `limits.send_queue` messages and
+    /// `limits.send_queue_bytes` bytes, and at most `limits.inflight` incoming messages
+    /// waiting for the worker.
+    pub fn channel(status: Status, limits: &crate::net::NetConfig) -> ConnectionPort {
+        let (queue, inflight) = (limits.send_queue, limits.inflight);
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = ConnectionHandle {
             id: next_id(),
@@ -105,6 +110,8 @@ impl ConnectionHandle {
                 status: AtomicU8::new(status as u8),
                 overflow: CancellationToken::new(),
                 inflight: Semaphore::new(inflight.max(1)),
+                queued_bytes: AtomicUsize::new(0),
+                max_queued_bytes: limits.send_queue_bytes,
             }),
         };
         ConnectionPort {
@@ -159,14 +166,31 @@ impl ConnectionHandle {
         if self.status() >= Status::Closing {
             return Err(SendError::NotOpen);
         }
+        let len = payload.len();
+        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        // One message bigger than the limit still goes when the queue is empty.
+        if queued > self.shared.max_queued_bytes && queued > len {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.shared.overflow.cancel();
+            return Err(SendError::QueueFull);
+        }
         match self.shared.commands.try_send(Command::Send(payload)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::NotOpen),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sent(len);
+                Err(SendError::NotOpen)
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.sent(len);
                 self.shared.overflow.cancel();
                 Err(SendError::QueueFull)
             }
         }
+    }
+
+    /// Called by the writer once a message of `len` bytes is out of the queue.
+    pub(crate) fn sent(&self, len: usize) {
+        self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
     }
 
     /// Starts the closing handshake with `code` and `reason` (already validated).

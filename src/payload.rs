@@ -56,4 +56,13 @@ impl Payload {
     pub fn binary(b: impl Into<Bytes>) -> Self {
         Self::Binary(b.into())
     }
+
+    /// Size in bytes of the message data.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.0.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+
 }

@@ -68,8 +68,7 @@ impl Network {
             let id = handle.id();
             match open(&request, &config, tls).await {
                 Ok(ws) => {
-                    connection::run(ws, port.handle, port.commands, events, config.close_timeout)
-                        .await
+                    connection::run(ws, port.handle, port.commands, events, &config).await
                 }
                 Err((kind, message)) => {
                     tracing::debug!("client {id} to {}: {message}", request.url);

@@ -1,11 +1,14 @@
-//! One accepted WebSocket connection: a reader and a writer running side by side.
+//! One WebSocket connection (accepted or opened): a reader and a writer side by side.
 //!
 //! The reader turns frames into events (pausing when the worker is behind, which pushes back
-//! on the peer through TCP); the writer carries out commands. Neither waits on a script. The
-//! pair reports `Open` first and `Closed` last, exactly once.
+//! on the peer through TCP); the writer carries out commands and keeps the connection alive
+//! with pings. Neither waits on a script. The pair reports `Open` first and `Closed` last,
+//! exactly once.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -13,24 +16,64 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use super::NetConfig;
 use crate::event::{Command, ConnectionHandle, ErrorKind, Event};
 use crate::payload::{Payload, Text};
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+/// When something last came from the peer (the reader writes, the writer reads).
+struct LastSeen {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl LastSeen {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.millis.store(now, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> Duration {
+        let then = Duration::from_millis(self.millis.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(then)
+    }
+}
 
 /// How the reader ended.
 enum ReadEnd {
     /// The stream ended; `peer_close` is the peer's close frame if one came.
     Closed { peer_close: Option<(u16, String)> },
-    /// The peer broke the protocol or the socket failed.
+    /// The peer broke the protocol or the socket failed; `code` is what we close with.
     Failed {
         kind: ErrorKind,
         code: u16,
         message: String,
     },
-    /// The writer ended the connection (overflow or close timeout).
+    /// The writer ended the connection (overflow, idle, close timeout).
     Stopped { peer_close: Option<(u16, String)> },
+}
+
+/// How the writer ended.
+enum WriteEnd {
+    /// The reader finished first (peer closed or failed).
+    ReaderDone,
+    /// The script closed the connection with this code.
+    SentClose(u16, String),
+    /// The outgoing queue overflowed: the peer does not read.
+    Overflow,
+    /// Nothing came from the peer for the idle timeout.
+    Idle(Duration),
 }
 
 /// Runs the connection until it is closed, then sends `Closed`.
@@ -39,7 +82,7 @@ pub(crate) async fn run<S>(
     handle: ConnectionHandle,
     commands: mpsc::Receiver<Command>,
     events: flume::Sender<Event>,
-    close_timeout: Duration,
+    config: &NetConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -50,13 +93,14 @@ pub(crate) async fn run<S>(
     }
     let (sink, stream) = ws.split();
     let done = CancellationToken::new();
+    let last_seen = LastSeen::new();
     let reader = async {
-        let end = read_loop(stream, &handle, &events, &done).await;
+        let end = read_loop(stream, &handle, &events, &done, &last_seen).await;
         done.cancel();
         end
     };
-    let writer = write_loop(sink, commands, &handle, &done, close_timeout);
-    let (read_end, write_end) = tokio::join!(reader, writer);
+    let writer = write_loop(sink, commands, &handle, &done, &last_seen, config);
+    let (read_end, (write_end, mut sink)) = tokio::join!(reader, writer);
 
     // `Closed` is the worker's to set, when it delivers onTerminate.
     handle.begin_closing();
@@ -68,41 +112,48 @@ pub(crate) async fn run<S>(
             peer_close: Some(_)
         }
     );
-    let (code, reason) = match read_end {
-        ReadEnd::Failed {
-            kind,
-            code,
-            message,
-        } => {
-            let _ = events
-                .send_async(Event::Error {
-                    conn: id,
-                    kind,
-                    message,
-                })
-                .await;
-            (code, String::new())
+    let (failure, code, reason) = match (read_end, write_end) {
+        (ReadEnd::Failed { kind, code, message }, _) => {
+            if code != 1006 {
+                // Tell the peer why (1002, 1007, 1009), if it still listens.
+                send_close(&mut sink, code, "", config.close_timeout).await;
+            }
+            (Some((kind, message)), code, String::new())
         }
-        ReadEnd::Closed { peer_close } | ReadEnd::Stopped { peer_close } => {
-            match (write_end, peer_close) {
-                (WriteEnd::Overflow, _) => {
-                    let _ = events
-                        .send_async(Event::Error {
-                            conn: id,
-                            kind: ErrorKind::SlowPeer,
-                            message:
-                                "the peer does not read: outgoing queue full, closed with 1008"
-                                    .into(),
-                        })
-                        .await;
-                    (1008, "outgoing queue full".to_string())
-                }
-                (_, Some(peer)) => peer,
-                (WriteEnd::SentClose(code, reason), None) => (code, reason),
-                (_, None) => (1006, String::new()),
+        (_, WriteEnd::Overflow) => (
+            Some((
+                ErrorKind::SlowPeer,
+                "the peer does not read: outgoing queue full, closed with 1008".to_string(),
+            )),
+            1008,
+            "outgoing queue full".to_string(),
+        ),
+        (_, WriteEnd::Idle(after)) => (
+            Some((
+                ErrorKind::Io,
+                format!("nothing from the peer for {after:?}: connection dropped"),
+            )),
+            1006,
+            String::new(),
+        ),
+        (ReadEnd::Closed { peer_close } | ReadEnd::Stopped { peer_close }, end) => {
+            match (end, peer_close) {
+                (_, Some(peer)) => (None, peer.0, peer.1),
+                (WriteEnd::SentClose(code, reason), None) => (None, code, reason),
+                (_, None) => (None, 1006, String::new()),
             }
         }
     };
+    drop(sink);
+    if let Some((kind, message)) = failure {
+        let _ = events
+            .send_async(Event::Error {
+                conn: id,
+                kind,
+                message,
+            })
+            .await;
+    }
     let _ = events
         .send_async(Event::Closed {
             conn: id,
@@ -114,10 +165,11 @@ pub(crate) async fn run<S>(
 }
 
 async fn read_loop<S>(
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    mut stream: SplitStream<WebSocketStream<S>>,
     handle: &ConnectionHandle,
     events: &flume::Sender<Event>,
     done: &CancellationToken,
+    last_seen: &LastSeen,
 ) -> ReadEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -129,6 +181,7 @@ where
             _ = done.cancelled() => return ReadEnd::Stopped { peer_close },
             next = stream.next() => next,
         };
+        last_seen.touch();
         let payload = match next {
             Some(Ok(Message::Text(text))) => Payload::Text(text_from(text)),
             Some(Ok(Message::Binary(bytes))) => Payload::Binary(bytes),
@@ -199,31 +252,41 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
     }
 }
 
-enum WriteEnd {
-    /// The reader finished first (peer closed or failed).
-    ReaderDone,
-    /// The script closed the connection with this code.
-    SentClose(u16, String),
-    /// The outgoing queue overflowed.
-    Overflow,
-}
-
 async fn write_loop<S>(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut sink: Sink<S>,
     mut commands: mpsc::Receiver<Command>,
     handle: &ConnectionHandle,
     done: &CancellationToken,
-    close_timeout: Duration,
-) -> WriteEnd
+    last_seen: &LastSeen,
+    config: &NetConfig,
+) -> (WriteEnd, Sink<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let overflow = handle.overflow().clone();
+    // A ping every `ping_interval` gets a pong from a live peer; `idle_timeout` without
+    // anything from the peer means it is gone.
+    let mut ping = config.ping_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let end = loop {
         let cmd = tokio::select! {
             biased;
             _ = done.cancelled() => break WriteEnd::ReaderDone,
             _ = overflow.cancelled() => break WriteEnd::Overflow,
+            _ = tick(&mut ping) => {
+                if let Some(idle) = config.idle_timeout
+                    && last_seen.elapsed() > idle
+                {
+                    break WriteEnd::Idle(idle);
+                }
+                if !send_batch(&mut sink, vec![], Some(Message::Ping(Bytes::new())), handle, done, &overflow).await {
+                    break WriteEnd::ReaderDone;
+                }
+                continue;
+            }
             cmd = commands.recv() => cmd,
         };
         match cmd {
@@ -241,43 +304,48 @@ where
                         Err(_) => break,
                     }
                 }
-                if !send_batch(&mut sink, batch, done, &overflow).await {
+                if !send_batch(&mut sink, batch, None, handle, done, &overflow).await {
                     if overflow.is_cancelled() {
                         break WriteEnd::Overflow;
                     }
                     break WriteEnd::ReaderDone;
                 }
-                if let Some(close) = then_close
-                    && let Some(end) = close_with(&mut sink, close, done, close_timeout).await
-                {
-                    return end;
+                if let Some(Command::Close { code, reason }) = then_close {
+                    break close_and_wait(&mut sink, code, reason, done, config).await;
                 }
             }
-            Some(close @ Command::Close { .. }) => {
-                if let Some(end) = close_with(&mut sink, close, done, close_timeout).await {
-                    return end;
-                }
+            Some(Command::Close { code, reason }) => {
+                break close_and_wait(&mut sink, code, reason, done, config).await;
             }
             None => break WriteEnd::ReaderDone,
         }
     };
-    if let WriteEnd::Overflow = end {
+    if matches!(end, WriteEnd::Overflow | WriteEnd::Idle(_)) {
         handle.begin_closing();
-        let frame = CloseFrame {
-            code: CloseCode::Policy,
-            reason: "outgoing queue full".into(),
-        };
-        // The peer is not reading, so this may never get through: bounded.
-        let _ = tokio::time::timeout(close_timeout, sink.send(Message::Close(Some(frame)))).await;
+        if let WriteEnd::Overflow = end {
+            // The peer is not reading, so this may never get through: bounded.
+            send_close(&mut sink, 1008, "outgoing queue full", config.close_timeout).await;
+        }
         done.cancel();
     }
-    end
+    (end, sink)
 }
 
-/// Sends the messages and flushes; false if the connection ended meanwhile.
+async fn tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the messages (and `extra`) and flushes; false if the connection ended meanwhile.
 async fn send_batch<S>(
-    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    sink: &mut Sink<S>,
     batch: Vec<Payload>,
+    extra: Option<Message>,
+    handle: &ConnectionHandle,
     done: &CancellationToken,
     overflow: &CancellationToken,
 ) -> bool
@@ -286,7 +354,12 @@ where
 {
     let work = async {
         for p in batch {
+            let len = p.len();
             sink.feed(to_message(p)).await?;
+            handle.sent(len);
+        }
+        if let Some(m) = extra {
+            sink.feed(m).await?;
         }
         sink.flush().await
     };
@@ -297,39 +370,44 @@ where
     }
 }
 
-/// Sends a close frame and waits (bounded) for the reader to see the peer's answer.
-/// Returns the end of the writer, or None if the command was not a close.
-async fn close_with<S>(
-    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    close: Command,
-    done: &CancellationToken,
-    close_timeout: Duration,
-) -> Option<WriteEnd>
+/// Sends a close frame, bounded by `timeout` (the peer may not be reading).
+async fn send_close<S>(sink: &mut Sink<S>, code: u16, reason: &str, timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Command::Close { code, reason } = close else {
-        return None;
-    };
     let frame = CloseFrame {
         code: CloseCode::from(code),
-        reason: reason.clone().into(),
+        reason: reason.into(),
     };
-    let _ = tokio::time::timeout(close_timeout, sink.send(Message::Close(Some(frame)))).await;
-    if tokio::time::timeout(close_timeout, done.cancelled())
+    let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
+}
+
+/// Sends a close frame and waits (bounded) for the reader to see the peer's answer.
+async fn close_and_wait<S>(
+    sink: &mut Sink<S>,
+    code: u16,
+    reason: String,
+    done: &CancellationToken,
+    config: &NetConfig,
+) -> WriteEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    send_close(sink, code, &reason, config.close_timeout).await;
+    if tokio::time::timeout(config.close_timeout, done.cancelled())
         .await
         .is_err()
     {
         done.cancel();
     }
-    Some(WriteEnd::SentClose(code, reason))
+    WriteEnd::SentClose(code, reason)
 }
 
 fn to_message(p: Payload) -> Message {
     match p {
-        Payload::Text(t) => {
-            Message::Text(Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"))
-        }
+        Payload::Text(t) => Message::Text(
+            Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"),
+        ),
         Payload::Binary(b) => Message::Binary(b),
     }
 }

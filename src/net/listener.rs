@@ -302,7 +302,7 @@ async fn handle_request(
     };
 
     let request = describe(&req, peer);
-    let port = ConnectionHandle::channel(Status::Connecting, config.send_queue, config.inflight);
+    let port = ConnectionHandle::channel(Status::Connecting, config);
     let handle = port.handle.clone();
     let (reply_tx, reply_rx) = oneshot::channel();
     let asked = route
@@ -341,7 +341,7 @@ async fn handle_request(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let events = route.events.clone();
     let ws_config = config.websocket();
-    let close_timeout = config.close_timeout;
+    let config = config.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -351,7 +351,7 @@ async fn handle_request(
                     Some(ws_config),
                 )
                 .await;
-                super::connection::run(ws, port.handle, port.commands, events, close_timeout).await;
+                super::connection::run(ws, port.handle, port.commands, events, &config).await;
             }
             Err(e) => {
                 tracing::debug!("connection {}: upgrade failed: {e}", handle.id());

@@ -29,6 +29,14 @@ pub struct NetConfig {
     pub read_buffer_size: usize,
     /// Outgoing messages queued per connection before the peer counts as too slow (1008).
     pub send_queue: usize,
+    /// Outgoing bytes queued per connection before the peer counts as too slow (1008).
+    pub send_queue_bytes: usize,
+    /// How often to ping a connection (None: never).
+    pub ping_interval: Option<Duration>,
+    /// A connection from which nothing (not even a pong) came for this long is dropped.
+    pub idle_timeout: Option<Duration>,
+    /// Largest HTTP request head (request line and headers) of an upgrade.
+    pub max_header_bytes: usize,
     /// Incoming messages per connection waiting for the worker before reading pauses.
     pub inflight: usize,
     /// Time allowed for the HTTP request and the script's `onConnection` answer.
@@ -55,6 +63,10 @@ impl Default for NetConfig {
             max_frame_size: 16 << 20,
             read_buffer_size: 4 << 10,
             send_queue: 1024,
+            send_queue_bytes: 8 << 20,
+            ping_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_header_bytes: 16 << 10,
             inflight: 64,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),

@@ -795,7 +795,7 @@ fn new_client(
         (client_headers(&map)?, data_type)
     };
     let config = ctx.net.config();
-    let port = ConnectionHandle::channel(Status::Connecting, config.send_queue, config.inflight);
+    let port = ConnectionHandle::channel(Status::Connecting, config);
     let handle = port.handle.clone();
     if ctx.in_top_level() {
         ctx.top_level.borrow_mut().clients.push(handle.id());
