@@ -55,6 +55,94 @@ struct TestArgs {
     timeout: f64,
 }
 
+/// Limits; the defaults are those of `HostConfig::default()` (see the README).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Largest incoming message and frame, in bytes (over it: close 1009).
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<usize>,
+    /// Read buffer allocated per connection, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    read_buffer: Option<usize>,
+    /// Outgoing messages queued per connection before the peer is closed as too slow (1008).
+    #[arg(long, value_name = "MESSAGES")]
+    send_queue: Option<usize>,
+    /// Outgoing bytes queued per connection before the peer is closed as too slow (1008).
+    #[arg(long, value_name = "BYTES")]
+    send_queue_bytes: Option<usize>,
+    /// `maxConnections` of servers that do not set it.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Time for the HTTP upgrade request and onConnection's answer, in seconds.
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<f64>,
+    /// Seconds between pings to each connection (0: no pings).
+    #[arg(long, value_name = "SECS")]
+    ping_interval: Option<f64>,
+    /// Seconds without anything from a peer before its connection is dropped (0: never).
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Rhai operations a callback may run before it is stopped.
+    #[arg(long, value_name = "N")]
+    max_operations: Option<u64>,
+    /// Milliseconds a callback may run before it is stopped.
+    #[arg(long, value_name = "MS")]
+    callback_timeout: Option<u64>,
+}
+
+impl LimitArgs {
+    /// Applies the flags given to `config`; an error names a bad value.
+    fn apply(&self, config: &mut HostConfig) -> Result<(), String> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(format!(
+                    "--{name} must be a number of seconds >= 0, got {v}"
+                ))
+            }
+        };
+        let net = &mut config.net;
+        if let Some(n) = self.max_message_size {
+            if n == 0 {
+                return Err("--max-message-size must be > 0".into());
+            }
+            net.max_message_size = n;
+            net.max_frame_size = n;
+        }
+        if let Some(n) = self.read_buffer {
+            net.read_buffer_size = n.max(1024);
+        }
+        if let Some(n) = self.send_queue {
+            net.send_queue = n.max(1);
+        }
+        if let Some(n) = self.send_queue_bytes {
+            net.send_queue_bytes = n;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
+        if let Some(v) = self.handshake_timeout {
+            net.handshake_timeout = secs("handshake-timeout", v)?;
+        }
+        if let Some(v) = self.ping_interval {
+            let d = secs("ping-interval", v)?;
+            net.ping_interval = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = self.idle_timeout {
+            let d = secs("idle-timeout", v)?;
+            net.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(n) = self.max_operations {
+            config.budget.max_operations = n;
+        }
+        if let Some(ms) = self.callback_timeout {
+            config.budget.max_time = std::time::Duration::from_millis(ms.max(1));
+        }
+        Ok(())
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// The entry script.
@@ -65,6 +153,8 @@ struct RunArgs {
     /// Address for servers whose options have no `host`.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Do not watch the scripts for changes (no hot reload).
     #[arg(long)]
     no_watch: bool,
@@ -169,6 +259,10 @@ fn run(args: RunArgs) -> ExitCode {
         ..HostConfig::default()
     };
     config.net.extra_ca = args.ca_file;
+    if let Err(e) = args.limits.apply(&mut config) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let host = match Host::start(&args.script, config) {
         Ok(h) => h,
         Err(e) => {

@@ -171,7 +171,7 @@ impl ConnectionHandle {
         // One message bigger than the limit still goes when the queue is empty.
         if queued > self.shared.max_queued_bytes && queued > len {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.shared.overflow.cancel();
+            self.overflowed();
             return Err(SendError::QueueFull);
         }
         match self.shared.commands.try_send(Command::Send(payload)) {
@@ -182,10 +182,16 @@ impl ConnectionHandle {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.sent(len);
-                self.shared.overflow.cancel();
+                self.overflowed();
                 Err(SendError::QueueFull)
             }
         }
+    }
+
+    /// The peer does not read: the socket task closes it with 1008; later sends are dropped.
+    fn overflowed(&self) {
+        self.begin_closing();
+        self.shared.overflow.cancel();
     }
 
     /// Called by the writer once a message of `len` bytes is out of the queue.

@@ -12,6 +12,9 @@ use anyhow::Context;
 use crate::net::{NetConfig, Network};
 use crate::script::{self, Budget, Defaults, Exit, WorkerOptions};
 
+/// `maxConnections` of a server unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// Everything a host can be told; `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -19,6 +22,8 @@ pub struct HostConfig {
     pub host: String,
     /// Port servers listen on when their options have no `port`.
     pub port: u16,
+    /// `maxConnections` of servers whose options do not set it.
+    pub max_connections: usize,
     pub net: NetConfig,
     pub budget: Budget,
     /// How long a graceful stop may take before the host gives up waiting.
@@ -34,6 +39,7 @@ impl Default for HostConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             net: NetConfig::default(),
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
@@ -78,6 +84,7 @@ impl Host {
                 defaults: Defaults {
                     host: config.host,
                     port: config.port,
+                    max_connections: config.max_connections,
                 },
                 budget: config.budget,
                 test: None,

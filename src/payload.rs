@@ -64,5 +64,4 @@ impl Payload {
             Self::Binary(b) => b.len(),
         }
     }
-
 }

@@ -128,6 +128,7 @@ fn run_one(net: &Arc<Network>, test: &Test, timeout: Duration) -> Result<(), Scr
         defaults: Defaults {
             host: "127.0.0.1".into(),
             port: 0,
+            max_connections: crate::host::DEFAULT_MAX_CONNECTIONS,
         },
         budget: Budget::default(),
         test: Some(TestCase {

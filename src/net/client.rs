@@ -67,9 +67,7 @@ impl Network {
             let handle = port.handle.clone();
             let id = handle.id();
             match open(&request, &config, tls).await {
-                Ok(ws) => {
-                    connection::run(ws, port.handle, port.commands, events, &config).await
-                }
+                Ok(ws) => connection::run(ws, port.handle, port.commands, events, &config).await,
                 Err((kind, message)) => {
                     tracing::debug!("client {id} to {}: {message}", request.url);
                     // `Closed` is the worker's to set, when it delivers onTerminate.

@@ -113,7 +113,14 @@ pub(crate) async fn run<S>(
         }
     );
     let (failure, code, reason) = match (read_end, write_end) {
-        (ReadEnd::Failed { kind, code, message }, _) => {
+        (
+            ReadEnd::Failed {
+                kind,
+                code,
+                message,
+            },
+            _,
+        ) => {
             if code != 1006 {
                 // Tell the peer why (1002, 1007, 1009), if it still listens.
                 send_close(&mut sink, code, "", config.close_timeout).await;
@@ -405,9 +412,9 @@ where
 
 fn to_message(p: Payload) -> Message {
     match p {
-        Payload::Text(t) => Message::Text(
-            Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"),
-        ),
+        Payload::Text(t) => {
+            Message::Text(Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"))
+        }
         Payload::Binary(b) => Message::Binary(b),
     }
 }

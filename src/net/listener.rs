@@ -33,6 +33,8 @@ use crate::event::{ConnectionHandle, Event, Request, ServerId, Status, Verdict};
 pub struct Route {
     pub server: ServerId,
     pub events: flume::Sender<Event>,
+    /// Browser origins allowed to connect (`Origin` header); None: any.
+    pub origins: Option<Arc<[String]>>,
 }
 
 /// Why a server could not listen.
@@ -229,6 +231,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetCo
 async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig) {
     let _ = stream.set_nodelay(true);
     let timeout = config.handshake_timeout;
+    // hyper answers 431 past this; it needs at least 8 KiB.
+    let max_head = config.max_header_bytes.max(8192);
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let config = config.clone();
@@ -236,6 +240,7 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, 
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .max_buf_size(max_head)
         .header_read_timeout(Some(timeout))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -251,6 +256,9 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // An answer that is not an upgrade ends the exchange: no keep-alive to hold sockets.
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
 }
 
@@ -301,6 +309,13 @@ async fn handle_request(
         return plain(StatusCode::NOT_FOUND, "No WebSocket server on this path.\n");
     };
 
+    if let (Some(allowed), Some(origin)) = (&route.origins, req.headers().get(header::ORIGIN)) {
+        let origin = origin.to_str().unwrap_or("");
+        if !allowed.iter().any(|a| a == origin) {
+            tracing::info!("refused a connection from origin {origin:?} (not in `origins`)");
+            return plain(StatusCode::FORBIDDEN, "Origin not allowed.\n");
+        }
+    }
     let request = describe(&req, peer);
     let port = ConnectionHandle::channel(Status::Connecting, config);
     let handle = port.handle.clone();
@@ -335,6 +350,8 @@ async fn handle_request(
             "Connection refused ({status}).\n"
         ))));
         *res.status_mut() = status;
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
     }
 

@@ -107,6 +107,8 @@ struct ServerOptions {
     port: u16,
     path: Option<String>,
     data_type: DataType,
+    max_connections: usize,
+    origins: Option<Vec<String>>,
 }
 
 fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
@@ -116,6 +118,8 @@ fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
         port: defaults.port,
         path: None,
         data_type: DataType::Text,
+        max_connections: defaults.max_connections,
+        origins: None,
     };
     for (key, value) in options {
         match key.as_str() {
@@ -154,9 +158,29 @@ fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
                         bad_option("dataType", "\"text\", \"blob\" or \"object\"", &value)
                     })?;
             }
+            "maxConnections" => {
+                opts.max_connections = value
+                    .as_int()
+                    .ok()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| bad_option("maxConnections", "an integer >= 0", &value))?;
+            }
+            "origins" => {
+                let list = value
+                    .read_lock::<Array>()
+                    .map(|a| {
+                        a.iter()
+                            .map(|o| o.clone().into_string().ok())
+                            .collect::<Option<Vec<String>>>()
+                    })
+                    .ok_or_else(|| bad_option("origins", "an array of strings", &value))?
+                    .ok_or_else(|| bad_option("origins", "an array of strings", &value))?;
+                opts.origins = Some(list);
+            }
             other => {
                 return Err(format!(
-                    "unknown option {other:?} for WebSocketServer.new (known: port, host, path, dataType)"
+                    "unknown option {other:?} for WebSocketServer.new \
+                     (known: port, host, path, dataType, maxConnections, origins)"
                 )
                 .into());
             }
@@ -220,6 +244,7 @@ fn new_server(
     let route = Route {
         server: id,
         events: ctx.events.clone(),
+        origins: opts.origins.clone().map(Into::into),
     };
     let listened = ctx
         .net
@@ -241,6 +266,7 @@ fn new_server(
             data_type: opts.data_type,
             conns: Default::default(),
             terminated: listened.is_err(),
+            max_connections: opts.max_connections,
         },
     );
     let event = match listened {
@@ -292,6 +318,7 @@ fn adopt_server(
     keep_state(&server.handler, handler);
     server.home = ncc.call_source().map(str::to_string);
     server.data_type = opts.data_type;
+    server.max_connections = opts.max_connections;
     let conns = server.conns.len();
     ctx.top_level.borrow_mut().servers.push(id);
     tracing::info!(

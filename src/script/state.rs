@@ -22,6 +22,8 @@ use crate::net::Network;
 pub struct Defaults {
     pub host: String,
     pub port: u16,
+    /// `maxConnections` of servers that do not set it.
+    pub max_connections: usize,
 }
 
 pub struct ServerEntry {
@@ -40,6 +42,8 @@ pub struct ServerEntry {
     pub conns: BTreeSet<ConnId>,
     /// `terminate()` was called, or it could not listen.
     pub terminated: bool,
+    /// More connections than this are refused with 503.
+    pub max_connections: usize,
 }
 
 /// Which end of the connection this worker holds.

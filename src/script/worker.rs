@@ -529,6 +529,13 @@ impl Dispatch<'_> {
         reply: tokio::sync::oneshot::Sender<Verdict>,
     ) {
         let found = match self.ctx.registry.borrow().servers.get(&server) {
+            Some(s) if s.conns.len() >= s.max_connections => {
+                tracing::warn!(
+                    "server {server}: refused a connection: maxConnections ({}) reached",
+                    s.max_connections
+                );
+                None
+            }
             Some(s) if !s.terminated && !self.ctx.shutting_down.get() => {
                 Some((s.handler.clone(), s.home.clone()))
             }
