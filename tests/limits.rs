@@ -105,6 +105,8 @@ async fn a_peer_that_does_not_read_is_closed_1008_and_others_keep_going() {
 #[tokio::test]
 async fn max_connections_refuses_with_503() {
     let host = Host::start(&fixture("limits.rhai"));
+    host.wait_stderr("/limited", TIMEOUT)
+        .expect("second server listening");
     let url = host.url("/limited");
     let mut a = connect(&url).await;
     let _b = connect(&url).await;
@@ -132,6 +134,8 @@ async fn max_connections_refuses_with_503() {
 #[tokio::test]
 async fn origins_not_allowed_are_refused_with_403() {
     let host = Host::start(&fixture("limits.rhai"));
+    host.wait_stderr("/limited", TIMEOUT)
+        .expect("second server listening");
     let with_origin = |origin: &str| {
         let mut req = host.url("/limited").into_client_request().unwrap();
         req.headers_mut().insert("Origin", origin.parse().unwrap());

@@ -190,6 +190,8 @@ async fn an_entry_edit_reruns_the_top_level_and_adopts_running_servers() {
     let entry = dir.join("entry.rhai");
     std::fs::copy(dir.join("entry_v1.rhai"), &entry).unwrap();
     let host = start(&dir, "entry.rhai");
+    host.wait_stderr("/closure", TIMEOUT)
+        .expect("all servers listening");
     let mut root = connect(&host.url("/")).await;
     let mut old = connect(&host.url("/old")).await;
     let mut closure = connect(&host.url("/closure")).await;

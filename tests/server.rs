@@ -315,6 +315,8 @@ async fn callbacks_come_in_order_and_terminate_once_even_when_the_peer_vanishes(
 #[tokio::test]
 async fn servers_share_a_port_by_path_and_other_paths_are_refused() {
     let host = Host::start(&fixture("paths.rhai"));
+    host.wait_stderr("/b", TIMEOUT)
+        .expect("second server listening");
     let mut a = connect(&host.url("/a")).await;
     let mut b = connect(&host.url("/b")).await;
     send_text(&mut a, "hi").await;
