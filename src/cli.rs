@@ -88,6 +88,9 @@ struct LimitArgs {
     /// Milliseconds a callback may run before it is stopped.
     #[arg(long, value_name = "MS")]
     callback_timeout: Option<u64>,
+    /// Megabytes a callback may allocate (and keep) before it is stopped.
+    #[arg(long, value_name = "MB")]
+    callback_memory: Option<usize>,
 }
 
 impl LimitArgs {
@@ -135,6 +138,9 @@ impl LimitArgs {
         }
         if let Some(n) = self.max_operations {
             config.budget.max_operations = n;
+        }
+        if let Some(mb) = self.callback_memory {
+            config.budget.max_memory = mb.max(1) << 20;
         }
         if let Some(ms) = self.callback_timeout {
             config.budget.max_time = std::time::Duration::from_millis(ms.max(1));

@@ -19,6 +19,7 @@
 //! connection handles (an id plus a command sender). The network never waits on a script.
 //! The README is the manual for the script API.
 
+mod alloc;
 pub mod cli;
 mod event;
 mod host;
@@ -28,6 +29,7 @@ pub mod runner;
 mod script;
 mod watch;
 
+pub use alloc::CountingAllocator;
 pub use host::{Host, HostConfig, StopHandle};
 pub use net::NetConfig;
 pub use script::{Budget, Exit, ScriptError};

@@ -212,6 +212,12 @@ async fn a_runaway_callback_is_stopped_and_the_next_message_is_handled() {
         .wait_stderr("too many nested calls", TIMEOUT)
         .expect("logged");
     assert!(line.contains("tests/fixtures/limits.rhai:"), "{line}");
+    // A string that doubles without end is stopped by the memory budget.
+    send_text(&mut ws, "hog").await;
+    send_text(&mut ws, "count").await;
+    assert_eq!(recv_text(&mut ws).await, "count 3");
+    host.wait_stderr("past its memory budget", TIMEOUT)
+        .expect("logged");
 }
 
 #[tokio::test]

@@ -15,6 +15,9 @@ pub struct Budget {
     pub max_time: Duration,
     /// Nested function calls.
     pub max_call_levels: usize,
+    /// Bytes a callback may allocate and keep (enforced when the counting allocator is
+    /// installed, as in the `wshost` binary).
+    pub max_memory: usize,
 }
 
 impl Default for Budget {
@@ -23,6 +26,7 @@ impl Default for Budget {
             max_operations: 10_000_000,
             max_time: Duration::from_secs(2),
             max_call_levels: 64,
+            max_memory: 256 << 20,
         }
     }
 }
@@ -30,9 +34,10 @@ impl Default for Budget {
 /// The deadline of the callback running now, checked by the engine as it goes.
 ///
 /// A stack: a callback dispatched while another script waits (`wait_until` in a test) has a
-/// deadline of its own, and the outer one still holds.
+/// deadline of its own, and the outer one still holds. Each entry also holds the thread's
+/// allocation count when the callback started, for the memory budget.
 #[derive(Clone, Default)]
-pub struct Deadline(Rc<RefCell<Vec<Instant>>>);
+pub struct Deadline(Rc<RefCell<Vec<(Instant, i64)>>>);
 
 impl Deadline {
     pub fn start(&self, budget: &Budget) {
@@ -40,7 +45,17 @@ impl Deadline {
     }
 
     pub fn start_for(&self, time: Duration) {
-        self.0.borrow_mut().push(Instant::now() + time);
+        let mem = crate::alloc::thread_net();
+        self.0.borrow_mut().push((Instant::now() + time, mem));
+    }
+
+    /// Bytes the innermost running callback has allocated and kept.
+    fn memory_used(&self) -> i64 {
+        self.0
+            .borrow()
+            .last()
+            .map(|(_, start)| crate::alloc::thread_net() - start)
+            .unwrap_or(0)
     }
 
     pub fn clear(&self) {
@@ -49,7 +64,7 @@ impl Deadline {
 
     pub fn passed(&self) -> bool {
         let now = Instant::now();
-        self.0.borrow().iter().any(|d| now > *d)
+        self.0.borrow().iter().any(|(d, _)| now > *d)
     }
 }
 
@@ -68,9 +83,13 @@ pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
     // on the native stack, which the worker thread sizes for this.
     engine.set_max_expr_depths(256, 128);
     let deadline = deadline.clone();
+    let max_memory = budget.max_memory as i64;
     engine.on_progress(move |ops| {
-        // Reading the clock on every operation would cost more than the script.
-        if ops & 0x3ff == 0 && deadline.passed() {
+        // Memory on every operation (a doubling string outgrows anything in a few hundred);
+        // the clock, dearer to read, every 1024.
+        if deadline.memory_used() > max_memory {
+            Some("memory budget exceeded".into())
+        } else if ops & 0x3ff == 0 && deadline.passed() {
             Some("time budget exceeded".into())
         } else {
             None

@@ -70,6 +70,9 @@ impl ScriptError {
             EvalAltResult::ErrorTooManyOperations(..) => {
                 "stopped: the callback ran past its operation budget (an endless loop?)".into()
             }
+            EvalAltResult::ErrorTerminated(token, _) if token.to_string().contains("memory") => {
+                "stopped: the callback allocated past its memory budget".into()
+            }
             EvalAltResult::ErrorTerminated(..) => {
                 "stopped: the callback ran past its time budget (an endless loop?)".into()
             }
