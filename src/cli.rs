@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a script: its servers serve until stopped (Ctrl-C) or until the script ends them.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run scripted tests: every `fn test_…()` of the files (or of `*.rhai` in the folders).
     Test(TestArgs),
     /// Compile scripts and the classes they use; report errors as file:line:col.
@@ -196,7 +196,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let quiet = matches!(cli.command, Command::Test(_));
     init_logging(cli.verbose, quiet);
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Check { files } => check(&files),
         Command::Test(args) => test(args),
     }
