@@ -78,6 +78,7 @@ struct Shared {
     overflow: CancellationToken,
     /// Messages the socket task may still hand to the worker before it stops reading.
     inflight: Semaphore,
+    inflight_max: usize,
     /// Bytes queued for sending and not written yet, and the most allowed.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -110,6 +111,7 @@ impl ConnectionHandle {
                 status: AtomicU8::new(status as u8),
                 overflow: CancellationToken::new(),
                 inflight: Semaphore::new(inflight.max(1)),
+                inflight_max: inflight.max(1),
                 queued_bytes: AtomicUsize::new(0),
                 max_queued_bytes: limits.send_queue_bytes,
             }),
@@ -225,6 +227,11 @@ impl ConnectionHandle {
         if let Ok(permit) = self.shared.inflight.acquire().await {
             permit.forget();
         }
+    }
+
+    /// True when the worker has handled every message of this connection it was given.
+    pub(crate) fn worker_idle(&self) -> bool {
+        self.shared.inflight.available_permits() >= self.shared.inflight_max
     }
 
     /// Called by the worker once it has handled a message of this connection.

@@ -100,10 +100,8 @@ pub(crate) async fn run<S>(
         end
     };
     let writer = write_loop(sink, commands, &handle, &done, &last_seen, config);
-    let (read_end, (write_end, mut sink)) = tokio::join!(reader, writer);
+    let (read_end, (write_end, mut sink, mut commands)) = tokio::join!(reader, writer);
 
-    // `Closed` is the worker's to set, when it delivers onTerminate.
-    handle.begin_closing();
     let clean = matches!(
         read_end,
         ReadEnd::Closed {
@@ -122,7 +120,9 @@ pub(crate) async fn run<S>(
             _,
         ) => {
             if code != 1006 {
-                // Tell the peer why (1002, 1007, 1009), if it still listens.
+                // The messages that came before the fault are the worker's still: let their
+                // answers go out first, then tell the peer why (1002, 1007, 1009).
+                finish_sends(&mut sink, &mut commands, &handle, config.close_timeout).await;
                 send_close(&mut sink, code, "", config.close_timeout).await;
             }
             (Some((kind, message)), code, String::new())
@@ -152,6 +152,9 @@ pub(crate) async fn run<S>(
         }
     };
     drop(sink);
+    // Closing from now on (not before: the answers of `finish_sends` had to get through).
+    // `Closed` is the worker's to set, when it delivers onTerminate.
+    handle.begin_closing();
     if let Some((kind, message)) = failure {
         let _ = events
             .send_async(Event::Error {
@@ -169,6 +172,38 @@ pub(crate) async fn run<S>(
             clean,
         })
         .await;
+}
+
+/// Sends what the worker queues for this connection until it has handled every message it
+/// was given (bounded by `timeout`).
+async fn finish_sends<S>(
+    sink: &mut Sink<S>,
+    commands: &mut mpsc::Receiver<Command>,
+    handle: &ConnectionHandle,
+    timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let work = async {
+        loop {
+            let idle = handle.worker_idle();
+            while let Ok(cmd) = commands.try_recv() {
+                if let Command::Send(p) = cmd {
+                    let len = p.len();
+                    if sink.feed(to_message(p)).await.is_err() {
+                        return;
+                    }
+                    handle.sent(len);
+                }
+            }
+            let _ = sink.flush().await;
+            if idle {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, work).await;
 }
 
 async fn read_loop<S>(
@@ -266,7 +301,7 @@ async fn write_loop<S>(
     done: &CancellationToken,
     last_seen: &LastSeen,
     config: &NetConfig,
-) -> (WriteEnd, Sink<S>)
+) -> (WriteEnd, Sink<S>, mpsc::Receiver<Command>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -335,7 +370,7 @@ where
         }
         done.cancel();
     }
-    (end, sink)
+    (end, sink, commands)
 }
 
 async fn tick(ping: &mut Option<tokio::time::Interval>) {
