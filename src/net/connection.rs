@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -80,7 +79,7 @@ enum WriteEnd {
 pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     handle: ConnectionHandle,
-    commands: mpsc::Receiver<Command>,
+    commands: flume::Receiver<Command>,
     events: flume::Sender<Event>,
     config: &NetConfig,
 ) where
@@ -178,7 +177,7 @@ pub(crate) async fn run<S>(
 /// was given (bounded by `timeout`).
 async fn finish_sends<S>(
     sink: &mut Sink<S>,
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut flume::Receiver<Command>,
     handle: &ConnectionHandle,
     timeout: Duration,
 ) where
@@ -296,12 +295,12 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
 
 async fn write_loop<S>(
     mut sink: Sink<S>,
-    mut commands: mpsc::Receiver<Command>,
+    commands: flume::Receiver<Command>,
     handle: &ConnectionHandle,
     done: &CancellationToken,
     last_seen: &LastSeen,
     config: &NetConfig,
-) -> (WriteEnd, Sink<S>, mpsc::Receiver<Command>)
+) -> (WriteEnd, Sink<S>, flume::Receiver<Command>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -329,7 +328,7 @@ where
                 }
                 continue;
             }
-            cmd = commands.recv() => cmd,
+            cmd = commands.recv_async() => cmd.ok(),
         };
         match cmd {
             Some(Command::Send(payload)) => {

@@ -1,8 +1,31 @@
 //! Between WebSocket payloads and script values, following `dataType` (SPEC section 6).
 
-use rhai::{Blob, Dynamic};
+use std::cell::RefCell;
 
-use crate::payload::Payload;
+use rhai::{Blob, Dynamic, ImmutableString};
+
+use crate::payload::{Payload, Text};
+
+thread_local! {
+    /// The last string sent and its bytes: a broadcast sends one string to many connections,
+    /// and this makes that one copy instead of one per connection. Holding the string keeps
+    /// its address from being reused by another.
+    static LAST_SENT: RefCell<Option<(ImmutableString, Text)>> = const { RefCell::new(None) };
+}
+
+fn text_of(s: &ImmutableString) -> Text {
+    LAST_SENT.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((prev, text)) = last.as_ref()
+            && prev.ptr_eq(s)
+        {
+            return text.clone();
+        }
+        let text = Text::from(s.as_str());
+        *last = Some((s.clone(), text.clone()));
+        text
+    })
+}
 
 /// What `event.data` is for a handler (`dataType` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +80,7 @@ pub fn payload_to_data(payload: Payload, data_type: DataType) -> Result<Dynamic,
 /// else that JSON can express as the text of its JSON.
 pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
     if let Ok(s) = value.as_immutable_string_ref() {
-        return Ok(Payload::text(s.as_str()));
+        return Ok(Payload::Text(text_of(&s)));
     }
     if value.is_blob() {
         let blob = value.read_lock::<Blob>().expect("checked is_blob");
