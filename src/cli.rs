@@ -161,6 +161,16 @@ struct RunArgs {
     host: String,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Serve the files of this folder over HTTP on the servers' port (servers whose options
+    /// have no `static`).
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for servers whose options have no `tls`; needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) going with --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Do not watch the scripts for changes (no hot reload).
     #[arg(long)]
     no_watch: bool,
@@ -265,6 +275,22 @@ fn run(args: RunArgs) -> ExitCode {
         ..HostConfig::default()
     };
     config.net.extra_ca = args.ca_file;
+    if let Some(dir) = &args.static_dir {
+        match dir.canonicalize() {
+            Ok(root) if root.is_dir() => config.static_root = Some(root),
+            _ => {
+                eprintln!("error: --static: no such folder: {}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        if let Err(e) = crate::net::tls_acceptor(cert, key) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        config.tls = Some((cert.clone(), key.clone()));
+    }
     if let Err(e) = args.limits.apply(&mut config) {
         eprintln!("error: {e}");
         return ExitCode::from(2);

@@ -24,6 +24,10 @@ pub struct HostConfig {
     pub port: u16,
     /// `maxConnections` of servers whose options do not set it.
     pub max_connections: usize,
+    /// `static` folder of servers whose options do not set it.
+    pub static_root: Option<PathBuf>,
+    /// `tls` (certificate chain, private key; PEM files) of servers whose options do not set it.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub net: NetConfig,
     pub budget: Budget,
     /// How long a graceful stop may take before the host gives up waiting.
@@ -40,6 +44,8 @@ impl Default for HostConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            static_root: None,
+            tls: None,
             net: NetConfig::default(),
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
@@ -85,6 +91,8 @@ impl Host {
                     host: config.host,
                     port: config.port,
                     max_connections: config.max_connections,
+                    static_root: config.static_root,
+                    tls: config.tls,
                 },
                 budget: config.budget,
                 test: None,

@@ -23,7 +23,7 @@ mod alloc;
 pub mod cli;
 mod event;
 mod host;
-mod net;
+pub(crate) mod net;
 mod payload;
 pub mod runner;
 mod script;

@@ -129,6 +129,8 @@ fn run_one(net: &Arc<Network>, test: &Test, timeout: Duration) -> Result<(), Scr
             host: "127.0.0.1".into(),
             port: 0,
             max_connections: crate::host::DEFAULT_MAX_CONNECTIONS,
+            static_root: None,
+            tls: None,
         },
         budget: Budget::default(),
         test: Some(TestCase {

@@ -8,17 +8,21 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use tokio_rustls::TlsAcceptor;
+
+use super::static_files::Body;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -37,6 +41,39 @@ pub struct Route {
     pub origins: Option<Arc<[String]>>,
 }
 
+/// What a listening socket serves besides its WebSocket routes; all the servers on one
+/// host:port share it.
+#[derive(Clone, Default)]
+pub struct ListenOptions {
+    /// Serve plain HTTP requests from this folder (canonical path).
+    pub static_root: Option<PathBuf>,
+    /// Accept TLS (https/wss) with this.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A TLS acceptor for a certificate chain and its private key (PEM files).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate file {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Why a server could not listen.
 #[derive(Debug)]
 pub enum ListenError {
@@ -46,6 +83,8 @@ pub enum ListenError {
     Bind(SocketAddr, std::io::Error),
     /// Another server already serves this path on this host:port.
     PathTaken(SocketAddr, String),
+    /// The servers on one host:port disagree on TLS or on the static folder.
+    Mismatch(SocketAddr, &'static str),
 }
 
 impl std::fmt::Display for ListenError {
@@ -56,6 +95,10 @@ impl std::fmt::Display for ListenError {
             Self::PathTaken(addr, p) => {
                 write!(f, "{addr} already has a server for path {p:?}")
             }
+            Self::Mismatch(addr, what) => write!(
+                f,
+                "the servers on {addr} must agree on {what} (it belongs to the port, not to a path)"
+            ),
         }
     }
 }
@@ -82,6 +125,7 @@ impl Routes {
 struct Listener {
     routes: RwLock<Routes>,
     stop: CancellationToken,
+    options: ListenOptions,
 }
 
 /// The network side of a host: its listeners and the runtime their tasks run on.
@@ -124,6 +168,7 @@ impl Network {
         port: u16,
         path: Option<&str>,
         route: Route,
+        options: ListenOptions,
     ) -> Result<SocketAddr, ListenError> {
         let addr = (host, port)
             .to_socket_addrs()
@@ -134,6 +179,13 @@ impl Network {
         if port != 0
             && let Some(existing) = listeners.get(&addr)
         {
+            if existing.options.tls.is_some() != options.tls.is_some() {
+                return Err(ListenError::Mismatch(addr, "TLS"));
+            }
+            if options.static_root.is_some() && existing.options.static_root != options.static_root
+            {
+                return Err(ListenError::Mismatch(addr, "the static folder"));
+            }
             add_route(&mut existing.routes.write().unwrap(), addr, path, route)?;
             return Ok(addr);
         }
@@ -150,6 +202,7 @@ impl Network {
         let listener = Arc::new(Listener {
             routes: RwLock::new(routes),
             stop: CancellationToken::new(),
+            options,
         });
         listeners.insert(bound, listener.clone());
         let config = self.config.clone();
@@ -217,7 +270,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetCo
             Ok((stream, peer)) => {
                 let shared = shared.clone();
                 let config = config.clone();
-                tokio::spawn(serve_http(stream, peer, shared, config));
+                let _ = stream.set_nodelay(true);
+                match shared.options.tls.clone() {
+                    None => {
+                        tokio::spawn(serve_http(stream, peer, shared, config));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            let accepted = tokio::time::timeout(
+                                config.handshake_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            match accepted {
+                                Ok(Ok(tls)) => serve_http(tls, peer, shared, config).await,
+                                Ok(Err(e)) => tracing::debug!("TLS from {peer}: {e}"),
+                                Err(_) => tracing::debug!("TLS from {peer}: handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -228,8 +300,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetCo
     }
 }
 
-async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig) {
-    let _ = stream.set_nodelay(true);
+async fn serve_http<IO>(stream: IO, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let timeout = config.handshake_timeout;
     // hyper answers 431 past this; it needs at least 8 KiB.
     let max_head = config.max_header_bytes.max(8192);
@@ -249,8 +323,14 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Listener>, 
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(full(Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -275,10 +355,13 @@ async fn handle_request(
     peer: SocketAddr,
     shared: &Listener,
     config: &NetConfig,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let is_upgrade = req.method() == hyper::Method::GET
         && header_has_token(&req, header::CONNECTION, "upgrade")
         && header_has_token(&req, header::UPGRADE, "websocket");
+    if !is_upgrade && let Some(root) = &shared.options.static_root {
+        return super::static_files::serve(req, root).await;
+    }
     if !is_upgrade {
         let mut res = plain(
             StatusCode::UPGRADE_REQUIRED,
@@ -346,7 +429,7 @@ async fn handle_request(
     };
     if let Verdict::Refuse(status) = verdict {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-        let mut res = Response::new(Full::new(Bytes::from(format!(
+        let mut res = Response::new(full(Bytes::from(format!(
             "Connection refused ({status}).\n"
         ))));
         *res.status_mut() = status;
@@ -386,7 +469,7 @@ async fn handle_request(
         }
     });
 
-    let mut res = Response::new(Full::new(Bytes::new()));
+    let mut res = Response::new(full(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -9,9 +9,10 @@
 mod client;
 mod connection;
 mod listener;
+mod static_files;
 
 pub use client::ClientRequest;
-pub use listener::{Network, Route};
+pub use listener::{ListenOptions, Network, Route, tls_acceptor};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -109,9 +109,11 @@ struct ServerOptions {
     data_type: DataType,
     max_connections: usize,
     origins: Option<Vec<String>>,
+    static_root: Option<std::path::PathBuf>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
+fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<ServerOptions> {
     let defaults = ctx.defaults.borrow().clone();
     let mut opts = ServerOptions {
         host: defaults.host,
@@ -120,7 +122,11 @@ fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
         data_type: DataType::Text,
         max_connections: defaults.max_connections,
         origins: None,
+        static_root: defaults.static_root,
+        tls: defaults.tls,
     };
+    // Relative paths in options are relative to the folder of the script that says them.
+    let here = ctx.classes.borrow().dir_of(ncc.call_source());
     for (key, value) in options {
         match key.as_str() {
             "port" => {
@@ -177,10 +183,43 @@ fn server_options(ctx: &Ctx, options: Map) -> Res<ServerOptions> {
                     .ok_or_else(|| bad_option("origins", "an array of strings", &value))?;
                 opts.origins = Some(list);
             }
+            "staticDir" | "static" => {
+                if value.is_unit() {
+                    opts.static_root = None;
+                    continue;
+                }
+                let dir = value
+                    .clone()
+                    .into_string()
+                    .map_err(|_| bad_option("staticDir", "a folder path", &value))?;
+                let root = here.join(&dir).canonicalize().ok().filter(|p| p.is_dir());
+                opts.static_root = Some(root.ok_or_else(|| {
+                    format!(
+                        "option staticDir: {dir:?} is not a folder (relative to {})",
+                        here.display()
+                    )
+                })?);
+            }
+            "tls" => {
+                if value.is_unit() {
+                    opts.tls = None;
+                    continue;
+                }
+                let tls = value
+                    .read_lock::<Map>()
+                    .map(|m| (m.get("cert").cloned(), m.get("key").cloned()))
+                    .ok_or_else(|| bad_option("tls", "#{cert: PATH, key: PATH}", &value))?;
+                let path = |v: Option<Dynamic>, what: &str| -> Res<std::path::PathBuf> {
+                    v.and_then(|v| v.into_string().ok())
+                        .map(|p| here.join(p))
+                        .ok_or_else(|| format!("option tls: {what} must be a file path").into())
+                };
+                opts.tls = Some((path(tls.0, "cert")?, path(tls.1, "key")?));
+            }
             other => {
                 return Err(format!(
                     "unknown option {other:?} for WebSocketServer.new \
-                     (known: port, host, path, dataType, maxConnections, origins)"
+                     (known: port, host, path, dataType, maxConnections, origins, staticDir, tls)"
                 )
                 .into());
             }
@@ -233,7 +272,7 @@ fn new_server(
     if !has_callback(ctx, &handler, "onConnection") {
         return Err("WebSocketServer.new: the handler has no onConnection callback".into());
     }
-    let opts = server_options(ctx, options)?;
+    let opts = server_options(ctx, ncc, options)?;
     if let Some(id) = adopt_server(ctx, ncc, &handler, &opts) {
         return Ok(ServerObj { id });
     }
@@ -246,9 +285,24 @@ fn new_server(
         events: ctx.events.clone(),
         origins: opts.origins.clone().map(Into::into),
     };
-    let listened = ctx
-        .net
-        .listen(&opts.host, opts.port, opts.path.as_deref(), route);
+    let tls = match &opts.tls {
+        Some((cert, key)) => {
+            Some(crate::net::tls_acceptor(cert, key).map_err(|e| format!("option tls: {e}"))?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let listen_options = crate::net::ListenOptions {
+        static_root: opts.static_root.clone(),
+        tls,
+    };
+    let listened = ctx.net.listen(
+        &opts.host,
+        opts.port,
+        opts.path.as_deref(),
+        route,
+        listen_options,
+    );
     let (addr, port) = match &listened {
         Ok(addr) => (Some(*addr), addr.port()),
         Err(_) => (None, opts.port),
@@ -272,9 +326,16 @@ fn new_server(
     let event = match listened {
         Ok(addr) => {
             tracing::info!(
-                "listening on ws://{addr}{}",
+                "listening on {scheme}://{addr}{}",
                 opts.path.as_deref().unwrap_or("/")
             );
+            if let Some(root) = &opts.static_root {
+                tracing::info!(
+                    "serving files from {} on http{}://{addr}/",
+                    root.display(),
+                    &scheme[2..]
+                );
+            }
             Event::Listening { server: id }
         }
         Err(e) => {

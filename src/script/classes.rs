@@ -115,6 +115,7 @@ impl ClassStore {
         let ast = compile_file(engine, path, sources)?;
         let file = display_name(path);
         self.track(path, &file);
+        self.dirs.insert(file.clone(), parent_dir(path));
         self.add(file.clone(), None, ast.clone());
         self.entry = Some(file);
         Ok(ast)
@@ -156,6 +157,13 @@ impl ClassStore {
         self.dirs.insert(file.clone(), parent_dir(&path));
         self.classes.insert(name.to_string(), file.clone());
         Ok(self.add(file, Some(name.to_string()), ast))
+    }
+
+    /// The folder of `file` (where its relative paths point), else of the entry script.
+    pub fn dir_of(&self, file: Option<&str>) -> PathBuf {
+        file.and_then(|f| self.dirs.get(f))
+            .unwrap_or(&self.dir)
+            .clone()
     }
 
     pub fn class(&self, name: &str) -> Option<Rc<Script>> {

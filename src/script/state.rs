@@ -24,6 +24,10 @@ pub struct Defaults {
     pub port: u16,
     /// `maxConnections` of servers that do not set it.
     pub max_connections: usize,
+    /// `static` of servers that do not set it (`--static`).
+    pub static_root: Option<std::path::PathBuf>,
+    /// `tls` of servers that do not set it (`--tls-cert`, `--tls-key`).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 pub struct ServerEntry {

@@ -48,7 +48,7 @@ impl Host {
     pub fn start_with(script: &str, args: &[&str]) -> Host {
         let mut host = Self::spawn(script, args);
         let line = host
-            .wait_stderr("listening on ws://", TIMEOUT)
+            .wait_stderr("listening on ", TIMEOUT)
             .unwrap_or_else(|| panic!("wshost did not listen; stderr:\n{}", host.stderr()));
         host.port = port_of(&line);
         host
@@ -196,9 +196,9 @@ fn collect(
     });
 }
 
-/// The port in a "listening on ws://127.0.0.1:PORT/…" line.
+/// The port in a "listening on ws://127.0.0.1:PORT/…" (or wss://) line.
 pub fn port_of(line: &str) -> u16 {
-    let rest = &line[line.find("ws://").expect("ws:// in line") + 5..];
+    let rest = &line[line.find("://").expect(":// in line") + 3..];
     let hostport = rest.split('/').next().unwrap();
     hostport.rsplit(':').next().unwrap().parse().expect("port")
 }
