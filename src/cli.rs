@@ -171,6 +171,10 @@ struct RunArgs {
     /// TLS private key (PEM) going with --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Script workers: threads each running the script with its own engine; connections are
+    /// spread over them (see the README for what they share).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
     /// Do not watch the scripts for changes (no hot reload).
     #[arg(long)]
     no_watch: bool,
@@ -272,6 +276,7 @@ fn run(args: RunArgs) -> ExitCode {
         port: args.port,
         args: args.args,
         watch: (!args.no_watch).then_some(RELOAD_DEBOUNCE),
+        workers: args.workers.clamp(1, 64),
         ..HostConfig::default()
     };
     config.net.extra_ca = args.ca_file;

@@ -36,6 +36,8 @@ pub struct HostConfig {
     pub args: Vec<String>,
     /// Hot reload: watch the scripts, with this debounce (None: no watching).
     pub watch: Option<Duration>,
+    /// Script workers (threads, each with its own engine running the script).
+    pub workers: usize,
 }
 
 impl Default for HostConfig {
@@ -51,6 +53,7 @@ impl Default for HostConfig {
             shutdown_timeout: Duration::from_secs(5),
             args: Vec::new(),
             watch: None,
+            workers: 1,
         }
     }
 }
@@ -58,22 +61,25 @@ impl Default for HostConfig {
 /// A host running one entry script.
 pub struct Host {
     runtime: tokio::runtime::Runtime,
-    worker: script::WorkerHandle,
+    workers: Vec<script::WorkerHandle>,
     shutdown_timeout: Duration,
 }
 
 /// Asks a running host to stop gracefully; cheap to clone, usable from any thread.
 #[derive(Clone)]
-pub struct StopHandle(flume::Sender<crate::event::Event>);
+pub struct StopHandle(Vec<flume::Sender<crate::event::Event>>);
 
 impl StopHandle {
     pub fn stop(&self) {
-        let _ = self.0.send(crate::event::Event::Shutdown);
+        for worker in &self.0 {
+            let _ = worker.send(crate::event::Event::Shutdown);
+        }
     }
 }
 
 impl Host {
-    /// Starts the runtime and a worker running `entry`; returns at once.
+    /// Starts the runtime and `config.workers` workers running `entry`. The first worker runs
+    /// the top level alone, so the others' servers join its ports; returns then.
     pub fn start(entry: impl Into<PathBuf>, config: HostConfig) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -82,53 +88,78 @@ impl Host {
             .build()
             .context("cannot start the async runtime")?;
         let net = Network::new(runtime.handle().clone(), config.net)?;
-        let worker = script::spawn(
-            net,
-            WorkerOptions {
-                entry: entry.into(),
-                args: config.args,
-                defaults: Defaults {
-                    host: config.host,
-                    port: config.port,
-                    max_connections: config.max_connections,
-                    static_root: config.static_root,
-                    tls: config.tls,
+        let entry = entry.into();
+        let port_plan: std::sync::Arc<std::sync::Mutex<Vec<u16>>> = Default::default();
+        let mut workers = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let worker = script::spawn(
+                net.clone(),
+                WorkerOptions {
+                    entry: entry.clone(),
+                    args: config.args.clone(),
+                    defaults: Defaults {
+                        host: config.host.clone(),
+                        port: config.port,
+                        max_connections: config.max_connections,
+                        static_root: config.static_root.clone(),
+                        tls: config.tls.clone(),
+                    },
+                    budget: config.budget.clone(),
+                    test: None,
+                    watch: config.watch,
+                    index,
+                    port_plan: port_plan.clone(),
+                    started: Some(started_tx),
                 },
-                budget: config.budget,
-                test: None,
-                watch: config.watch,
-            },
-        )
-        .context("cannot start the script worker")?;
+            )
+            .context("cannot start a script worker")?;
+            workers.push(worker);
+            // Wait for its top level (an error there ends the worker, and the run).
+            if started_rx.recv().is_err() {
+                break;
+            }
+        }
+        if workers.len() > 1 {
+            tracing::info!("{} script workers running", workers.len());
+        }
         Ok(Self {
             runtime,
-            worker,
+            workers,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.worker.events.clone())
+        StopHandle(self.workers.iter().map(|w| w.events.clone()).collect())
     }
 
-    /// Waits until the script is done, stopping gracefully on SIGINT/SIGTERM when `signals`.
+    /// Waits until the scripts are done, stopping gracefully on SIGINT/SIGTERM when
+    /// `signals`. The first worker's exit is the host's, unless another one failed.
     pub fn wait(self, signals: bool) -> Exit {
+        let stop = self.stop_handle();
         let Host {
             runtime,
-            worker,
+            workers,
             shutdown_timeout,
         } = self;
-        let events = worker.events.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let thread = worker.thread;
         std::thread::spawn(move || {
-            let exit = thread.join().unwrap_or_else(|_| {
-                Exit::ScriptFailed(crate::script::ScriptError::plain(
-                    "wshost",
-                    "the script worker panicked",
-                ))
-            });
-            let _ = done_tx.send(exit);
+            let mut exit = None;
+            for worker in workers {
+                let e = worker.thread.join().unwrap_or_else(|_| {
+                    Exit::ScriptFailed(crate::script::ScriptError::plain(
+                        "wshost",
+                        "a script worker panicked",
+                    ))
+                });
+                exit = match (exit, e) {
+                    (None, e) => Some(e),
+                    (Some(Exit::Finished), e) => Some(e),
+                    (Some(first), _) => Some(first),
+                };
+            }
+            let _ = done_tx.send(exit.unwrap_or(Exit::Finished));
         });
         let exit = runtime.block_on(async move {
             let mut done_rx = done_rx;
@@ -137,7 +168,7 @@ impl Host {
                 _ = stop_signal(), if signals => {}
             }
             tracing::info!("stopping: closing every connection (1001)");
-            let _ = events.send(crate::event::Event::Shutdown);
+            stop.stop();
             match tokio::time::timeout(shutdown_timeout, &mut done_rx).await {
                 Ok(exit) => exit.ok(),
                 Err(_) => {

@@ -138,6 +138,9 @@ fn run_one(net: &Arc<Network>, test: &Test, timeout: Duration) -> Result<(), Scr
             timeout,
         }),
         watch: None,
+        index: 0,
+        port_plan: Default::default(),
+        started: None,
     };
     let worker = script::spawn(net.clone(), options)
         .map_err(|e| ScriptError::plain(&test.name, format!("cannot start a worker: {e}")))?;

@@ -35,6 +35,8 @@ use crate::event::{ConnectionHandle, Event, Request, ServerId, Status, Verdict};
 /// Where the connections for one path go: a server and the worker that owns it.
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// The script worker that owns the server (0 unless the host runs several).
+    pub worker: usize,
     pub server: ServerId,
     pub events: flume::Sender<Event>,
     /// Browser origins allowed to connect (`Origin` header); None: any.
@@ -107,14 +109,50 @@ impl std::error::Error for ListenError {}
 
 #[derive(Default)]
 struct Routes {
-    by_path: HashMap<String, Route>,
-    /// The server without a `path`: it takes every path no other server claims.
-    any: Option<Route>,
+    by_path: HashMap<String, RouteGroup>,
+    /// The servers without a `path`: they take every path no other server claims.
+    any: Option<RouteGroup>,
+}
+
+/// The open connections of a server, by id, across all the workers that serve it: what
+/// `wss.connections` lists. Handles are ids plus senders, so any worker can send to any.
+pub type ConnTable = RwLock<std::collections::BTreeMap<crate::event::ConnId, ConnectionHandle>>;
+
+/// The copies of one server, one per worker (the same script runs on each): connections go
+/// to them in turn.
+struct RouteGroup {
+    routes: Vec<Route>,
+    next: std::sync::atomic::AtomicUsize,
+    conns: Arc<ConnTable>,
+}
+
+impl RouteGroup {
+    fn new(route: Route) -> Self {
+        Self {
+            routes: vec![route],
+            next: Default::default(),
+            conns: Arc::default(),
+        }
+    }
+
+    fn pick(&self) -> Option<&Route> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.routes.get(n % self.routes.len().max(1))
+    }
+
+    /// Adds another worker's copy; the same worker cannot serve one path twice.
+    fn join(&mut self, route: Route) -> Option<Arc<ConnTable>> {
+        if self.routes.iter().any(|r| r.worker == route.worker) {
+            return None;
+        }
+        self.routes.push(route);
+        Some(self.conns.clone())
+    }
 }
 
 impl Routes {
     fn find(&self, path: &str) -> Option<&Route> {
-        self.by_path.get(path).or(self.any.as_ref())
+        self.by_path.get(path).or(self.any.as_ref())?.pick()
     }
 
     fn is_empty(&self) -> bool {
@@ -169,7 +207,7 @@ impl Network {
         path: Option<&str>,
         route: Route,
         options: ListenOptions,
-    ) -> Result<SocketAddr, ListenError> {
+    ) -> Result<(SocketAddr, Arc<ConnTable>), ListenError> {
         let addr = (host, port)
             .to_socket_addrs()
             .ok()
@@ -186,8 +224,8 @@ impl Network {
             {
                 return Err(ListenError::Mismatch(addr, "the static folder"));
             }
-            add_route(&mut existing.routes.write().unwrap(), addr, path, route)?;
-            return Ok(addr);
+            let conns = add_route(&mut existing.routes.write().unwrap(), addr, path, route)?;
+            return Ok((addr, conns));
         }
         let std_listener =
             std::net::TcpListener::bind(addr).map_err(|e| ListenError::Bind(addr, e))?;
@@ -198,7 +236,7 @@ impl Network {
             .local_addr()
             .map_err(|e| ListenError::Bind(addr, e))?;
         let mut routes = Routes::default();
-        add_route(&mut routes, bound, path, route)?;
+        let conns = add_route(&mut routes, bound, path, route)?;
         let listener = Arc::new(Listener {
             routes: RwLock::new(routes),
             stop: CancellationToken::new(),
@@ -212,22 +250,33 @@ impl Network {
                 Err(e) => tracing::error!("cannot listen on {bound}: {e}"),
             }
         });
-        Ok(bound)
+        Ok((bound, conns))
     }
 
-    /// Stops serving `path` on `addr`; the socket closes when its last route goes.
-    pub fn unlisten(&self, addr: SocketAddr, path: Option<&str>) {
+    /// Stops serving `path` on `addr` for `server`; the socket closes when its last route
+    /// goes.
+    pub fn unlisten(&self, addr: SocketAddr, path: Option<&str>, server: ServerId) {
         let mut listeners = self.listeners.lock().unwrap();
         let Some(listener) = listeners.get(&addr) else {
             return;
         };
         let empty = {
             let mut routes = listener.routes.write().unwrap();
-            match path {
-                Some(p) => {
-                    routes.by_path.remove(p);
+            let group = match path {
+                Some(p) => routes.by_path.get_mut(p),
+                None => routes.any.as_mut(),
+            };
+            let gone = group.is_some_and(|g| {
+                g.routes.retain(|r| r.server != server);
+                g.routes.is_empty()
+            });
+            if gone {
+                match path {
+                    Some(p) => {
+                        routes.by_path.remove(p);
+                    }
+                    None => routes.any = None,
                 }
-                None => routes.any = None,
             }
             routes.is_empty()
         };
@@ -238,26 +287,30 @@ impl Network {
     }
 }
 
+/// Adds `route` for `path`: a new group, or the copy of another worker joining one.
 fn add_route(
     routes: &mut Routes,
     addr: SocketAddr,
     path: Option<&str>,
     route: Route,
-) -> Result<(), ListenError> {
-    match path {
-        Some(p) if routes.by_path.contains_key(p) => {
-            Err(ListenError::PathTaken(addr, p.to_string()))
-        }
-        Some(p) => {
-            routes.by_path.insert(p.to_string(), route);
-            Ok(())
-        }
-        None if routes.any.is_some() => Err(ListenError::PathTaken(addr, "*".into())),
-        None => {
-            routes.any = Some(route);
-            Ok(())
-        }
+) -> Result<Arc<ConnTable>, ListenError> {
+    let slot = match path {
+        Some(p) => routes.by_path.get_mut(p),
+        None => routes.any.as_mut(),
+    };
+    if let Some(group) = slot {
+        let taken = || ListenError::PathTaken(addr, path.unwrap_or("*").to_string());
+        return group.join(route).ok_or_else(taken);
     }
+    let group = RouteGroup::new(route);
+    let conns = group.conns.clone();
+    match path {
+        Some(p) => {
+            routes.by_path.insert(p.to_string(), group);
+        }
+        None => routes.any = Some(group),
+    }
+    Ok(conns)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetConfig) {

@@ -12,7 +12,7 @@ mod listener;
 mod static_files;
 
 pub use client::ClientRequest;
-pub use listener::{ListenOptions, Network, Route, tls_acceptor};
+pub use listener::{ConnTable, ListenOptions, Network, Route, tls_acceptor};
 
 use std::path::PathBuf;
 use std::time::Duration;

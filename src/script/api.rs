@@ -64,6 +64,8 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     globals.set_var("cs", ClassStoreRef);
     let args: Array = args.iter().map(|a| Dynamic::from(a.clone())).collect();
     globals.set_var("ARGS", args);
+    // Which worker runs this copy of the script (0 unless `--workers N`).
+    globals.set_var("WORKER_ID", ctx.worker_index as i64);
     engine.register_global_module(globals.into());
     engine.register_type_with_name::<ClientClass>("WebSocketClass");
     engine.register_type_with_name::<ClientObj>("WebSocket");
@@ -281,6 +283,7 @@ fn new_server(
         ctx.top_level.borrow_mut().servers.push(id);
     }
     let route = Route {
+        worker: ctx.worker_index,
         server: id,
         events: ctx.events.clone(),
         origins: opts.origins.clone().map(Into::into),
@@ -296,16 +299,36 @@ fn new_server(
         static_root: opts.static_root.clone(),
         tls,
     };
+    // With several workers, each runs the top level: the k-th server of a follower listens on
+    // the port the first worker's k-th server got (which matters for `port: 0`).
+    let nth = ctx.starting.get().then(|| {
+        let k = ctx.top_servers_made.get();
+        ctx.top_servers_made.set(k + 1);
+        k
+    });
+    let port_to_bind = match nth {
+        Some(k) if ctx.worker_index > 0 && opts.port == 0 => {
+            ctx.port_plan.lock().unwrap().get(k).copied().unwrap_or(0)
+        }
+        _ => opts.port,
+    };
     let listened = ctx.net.listen(
         &opts.host,
-        opts.port,
+        port_to_bind,
         opts.path.as_deref(),
         route,
         listen_options,
     );
-    let (addr, port) = match &listened {
-        Ok(addr) => (Some(*addr), addr.port()),
-        Err(_) => (None, opts.port),
+    if let (Some(k), 0) = (nth, ctx.worker_index) {
+        let bound = listened.as_ref().map(|(a, _)| a.port()).unwrap_or(0);
+        let mut plan = ctx.port_plan.lock().unwrap();
+        if plan.len() == k {
+            plan.push(bound);
+        }
+    }
+    let (addr, port, shared) = match &listened {
+        Ok((addr, shared)) => (Some(*addr), addr.port(), Some(shared.clone())),
+        Err(_) => (None, opts.port, None),
     };
     ctx.registry.borrow_mut().servers.insert(
         id,
@@ -321,10 +344,19 @@ fn new_server(
             conns: Default::default(),
             terminated: listened.is_err(),
             max_connections: opts.max_connections,
+            shared,
         },
     );
     let event = match listened {
-        Ok(addr) => {
+        Ok((addr, _)) if ctx.worker_index > 0 => {
+            tracing::debug!(
+                "worker {} serves {scheme}://{addr}{} too",
+                ctx.worker_index,
+                opts.path.as_deref().unwrap_or("/")
+            );
+            Event::Listening { server: id }
+        }
+        Ok((addr, _)) => {
             tracing::info!(
                 "listening on {scheme}://{addr}{}",
                 opts.path.as_deref().unwrap_or("/")
@@ -519,16 +551,20 @@ fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) ->
 fn register_server(engine: &mut Engine, ctx: &Rc<Ctx>) {
     let c = ctx.clone();
     engine.register_get("connections", move |s: &mut ServerObj| -> Array {
+        // Every open connection of the server, on whichever worker it lives.
         let reg = c.registry.borrow();
-        let Some(server) = reg.servers.get(&s.id) else {
+        let Some(shared) = reg.servers.get(&s.id).and_then(|e| e.shared.clone()) else {
             return Array::new();
         };
-        server
-            .conns
-            .iter()
-            .filter_map(|id| reg.conns.get(id))
-            .filter(|e| e.opened)
-            .map(|e| Dynamic::from(conn_obj(e, s.id)))
+        let table = shared.read().unwrap();
+        table
+            .values()
+            .map(|handle| {
+                Dynamic::from(ConnObj {
+                    handle: handle.clone(),
+                    server: s.id,
+                })
+            })
             .collect()
     });
     let c = ctx.clone();

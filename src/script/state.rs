@@ -48,6 +48,8 @@ pub struct ServerEntry {
     pub terminated: bool,
     /// More connections than this are refused with 503.
     pub max_connections: usize,
+    /// The open connections of this server on every worker (None if it never listened).
+    pub shared: Option<Arc<crate::net::ConnTable>>,
 }
 
 /// Which end of the connection this worker holds.
@@ -65,6 +67,14 @@ pub struct TopLevel {
     pub servers: Vec<ServerId>,
     pub clients: Vec<ConnId>,
     pub timers: Vec<i64>,
+}
+
+impl ServerEntry {
+    /// Connections of this server: open on any worker, or accepted here and opening.
+    pub fn open_count(&self) -> usize {
+        let shared = self.shared.as_ref().map_or(0, |t| t.read().unwrap().len());
+        shared.max(self.conns.len())
+    }
 }
 
 pub struct ConnEntry {
@@ -194,6 +204,12 @@ pub struct Ctx {
     pub deadline: Deadline,
     /// A stop was asked: everything is closing and no new connection is accepted.
     pub shutting_down: Cell<bool>,
+    /// Which worker of the host this is (0: the first, which runs the top level first).
+    pub worker_index: usize,
+    /// The ports the first worker's top-level servers got, in creation order.
+    pub port_plan: Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Servers created by this run of the top level so far.
+    pub top_servers_made: Cell<usize>,
 }
 
 impl Ctx {
@@ -214,7 +230,7 @@ impl Ctx {
         }
         server.terminated = true;
         if let Some(addr) = server.addr {
-            self.net.unlisten(addr, server.path.as_deref());
+            self.net.unlisten(addr, server.path.as_deref(), id);
         }
         let conns: Vec<ConnId> = server.conns.iter().copied().collect();
         for c in conns {

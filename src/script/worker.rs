@@ -34,6 +34,11 @@ pub struct WorkerOptions {
     pub test: Option<TestCase>,
     /// Watch the scripts and reload them when they change, with this debounce.
     pub watch: Option<std::time::Duration>,
+    /// Which worker of the host this is, and the ports of the first one's servers.
+    pub index: usize,
+    pub port_plan: Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Told once the entry script's top level has run (or failed).
+    pub started: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// One test: a `test_…` function of the entry script (or its top level when None).
@@ -79,6 +84,7 @@ struct Worker {
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
     test: Option<TestCase>,
+    started: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Worker {
@@ -116,6 +122,9 @@ impl Worker {
             budget: options.budget,
             deadline: deadline.clone(),
             shutting_down: std::cell::Cell::new(false),
+            worker_index: options.index,
+            port_plan: options.port_plan.clone(),
+            top_servers_made: std::cell::Cell::new(0),
         });
         api::register(&mut engine, &ctx, &options.args);
         if options.test.is_some() {
@@ -126,6 +135,7 @@ impl Worker {
             ctx,
             entry_path: options.entry,
             test: options.test,
+            started: options.started,
         }
     }
 
@@ -217,8 +227,13 @@ impl Worker {
             let failures = std::mem::take(&mut *self.ctx.startup_failures.borrow_mut());
             (!failures.is_empty()).then_some(Exit::ListenFailed(failures))
         };
-        if exit.is_some() {
-            self.dispatch().shutdown();
+        match (&exit, &self.started) {
+            // Only a good start lets the host start the other workers.
+            (None, Some(started)) => {
+                let _ = started.send(());
+            }
+            (Some(_), _) => self.dispatch().shutdown(),
+            _ => {}
         }
         self.dispatch().event_loop();
         exit.unwrap_or(Exit::Finished)
@@ -312,12 +327,23 @@ impl Dispatch<'_> {
                 reply,
             } => self.on_connect(server, conn, request, reply),
             Event::Open { conn } => {
-                let found = match self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
-                    Some(e) => {
-                        e.opened = true;
-                        true
+                let found = {
+                    let mut reg = self.ctx.registry.borrow_mut();
+                    let reg = &mut *reg;
+                    match reg.conns.get_mut(&conn) {
+                        Some(e) => {
+                            e.opened = true;
+                            // Listed in `wss.connections` on every worker from now on.
+                            if let Side::Server(s) = e.side
+                                && let Some(shared) =
+                                    reg.servers.get(&s).and_then(|s| s.shared.as_ref())
+                            {
+                                shared.write().unwrap().insert(conn, e.handle.clone());
+                            }
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
                 };
                 if found {
                     self.call_conn(conn, "onOpen", event_map("open"));
@@ -529,7 +555,7 @@ impl Dispatch<'_> {
         reply: tokio::sync::oneshot::Sender<Verdict>,
     ) {
         let found = match self.ctx.registry.borrow().servers.get(&server) {
-            Some(s) if s.conns.len() >= s.max_connections => {
+            Some(s) if s.open_count() >= s.max_connections => {
                 tracing::warn!(
                     "server {server}: refused a connection: maxConnections ({}) reached",
                     s.max_connections
@@ -669,6 +695,9 @@ impl Dispatch<'_> {
                 && let Some(s) = reg.servers.get_mut(&server)
             {
                 s.conns.remove(&conn);
+                if let Some(shared) = &s.shared {
+                    shared.write().unwrap().remove(&conn);
+                }
             }
             if !report {
                 reg.conns.remove(&conn);
