@@ -52,6 +52,9 @@ enum Bench {
         /// Seconds each throughput run lasts.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// `--workers` for wshost.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// The reference server: plain tokio-tungstenite, no scripting.
     Reference {
@@ -78,9 +81,11 @@ fn main() -> anyhow::Result<()> {
             clients,
             every,
         } => rt.block_on(reload(edits, clients, every)),
-        Bench::All { rounds, seconds } => {
-            rt.block_on(all(rounds, Duration::from_secs_f64(seconds)))
-        }
+        Bench::All {
+            rounds,
+            seconds,
+            workers,
+        } => rt.block_on(all(rounds, Duration::from_secs_f64(seconds), workers)),
         Bench::Reference { mode } => rt.block_on(reference(mode)),
     }
 }
@@ -191,7 +196,7 @@ impl Target {
 }
 
 /// Starts the server for `mode` and returns it with the time it took to listen.
-fn start(target: Target, mode: Mode) -> anyhow::Result<(Server, Duration)> {
+fn start(target: Target, mode: Mode, workers: usize) -> anyhow::Result<(Server, Duration)> {
     let started = Instant::now();
     let (child, port) = match target {
         Target::Reference => {
@@ -402,12 +407,12 @@ struct Row {
     higher_is_better: bool,
 }
 
-async fn all(rounds: usize, time: Duration) -> anyhow::Result<()> {
+async fn all(rounds: usize, time: Duration, workers: usize) -> anyhow::Result<()> {
     let mut figures: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
     for round in 0..rounds {
         for target in [Target::Reference, Target::Wshost] {
             let name = target.name();
-            let (server, startup) = start(target, Mode::Echo)?;
+            let (server, startup) = start(target, Mode::Echo, workers)?;
             let mut echo = echo_load(&server.url(), 64, 16, time).await?;
             let (p50, p99) = (echo.percentile_ms(0.5), echo.percentile_ms(0.99));
             println!(
@@ -435,7 +440,7 @@ async fn all(rounds: usize, time: Duration) -> anyhow::Result<()> {
                 .push(per_conn);
             drop(server);
 
-            let (server, _) = start(target, Mode::Chat)?;
+            let (server, _) = start(target, Mode::Chat, workers)?;
             let mut chat = chat_load(&server.url(), 200, 4, time).await?;
             let (p50, p99) = (chat.percentile_ms(0.5), chat.percentile_ms(0.99));
             println!(
@@ -469,7 +474,7 @@ async fn all(rounds: usize, time: Duration) -> anyhow::Result<()> {
     });
     println!();
     println!(
-        "median of {rounds} round(s), {:.0} s each, on {} cores",
+        "median of {rounds} round(s), {:.0} s each, on {} cores, wshost --workers {workers}",
         time.as_secs_f64(),
         std::thread::available_parallelism()
             .map(|n| n.get())
