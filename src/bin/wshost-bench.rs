@@ -219,6 +219,8 @@ fn start(target: Target, mode: Mode, workers: usize) -> anyhow::Result<(Server, 
                 "--no-watch",
                 "--max-connections",
                 "100000",
+                "--workers",
+                &workers.to_string(),
             ]))?
         }
     };
