@@ -20,10 +20,9 @@ pub enum Payload {
 pub struct Text(Bytes);
 
 impl Text {
-    /// Wraps bytes that the caller has checked are UTF-8 (the WebSocket codec does).
-    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(Self(bytes))
+    /// Wraps tungstenite's text, which it has checked is UTF-8 (no second check).
+    pub(crate) fn from_checked(text: tokio_tungstenite::tungstenite::Utf8Bytes) -> Self {
+        Self(text.into())
     }
 
     pub fn as_str(&self) -> &str {

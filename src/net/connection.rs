@@ -253,8 +253,7 @@ where
 }
 
 fn text_from(text: Utf8Bytes) -> Text {
-    // Utf8Bytes is validated by tungstenite; re-wrapping it costs a check but no copy.
-    Text::from_utf8(text.into()).expect("tungstenite text is UTF-8")
+    Text::from_checked(text)
 }
 
 fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
