@@ -77,16 +77,21 @@ impl StopHandle {
     }
 }
 
+/// The async runtime the network side runs on: two threads, as the machines have two cores.
+pub(crate) fn net_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wshost-net")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 impl Host {
     /// Starts the runtime and `config.workers` workers running `entry`. The first worker runs
     /// the top level alone, so the others' servers join its ports; returns then.
     pub fn start(entry: impl Into<PathBuf>, config: HostConfig) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("wshost-net")
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let runtime = net_runtime()?;
         let net = Network::new(runtime.handle().clone(), config.net)?;
         let entry = entry.into();
         let port_plan: std::sync::Arc<std::sync::Mutex<Vec<u16>>> = Default::default();

@@ -67,12 +67,7 @@ pub fn run(config: &TestConfig) -> anyhow::Result<Summary> {
         tests.retain(|t| t.name.contains(f.as_str()));
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wshost-net")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::host::net_runtime()?;
     let net = Network::new(runtime.handle().clone(), NetConfig::default())?;
     let queue = Arc::new(Mutex::new(VecDeque::from(tests)));
     let (tx, rx) = std::sync::mpsc::channel();

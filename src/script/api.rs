@@ -655,52 +655,68 @@ pub fn conn_value(e: &ConnEntry) -> Dynamic {
 }
 
 fn register_connection(engine: &mut Engine, ctx: &Rc<Ctx>) {
-    engine.register_get("id", |c: &mut ConnObj| c.handle.id() as i64);
-    engine.register_get("status", |c: &mut ConnObj| {
-        c.handle.status().as_str().to_string()
-    });
     engine.register_get("wss", |c: &mut ConnObj| ServerObj { id: c.server });
+    register_socket::<ConnObj>(engine, ctx, "WebSocketConnection");
+}
+
+/// A script object that is a connection: a server-side `WebSocketConnection` or a client
+/// `WebSocket`. Both are a handle (id + sender) underneath.
+trait Socket: Clone + 'static {
+    fn handle(&self) -> &ConnectionHandle;
+}
+
+impl Socket for ConnObj {
+    fn handle(&self) -> &ConnectionHandle {
+        &self.handle
+    }
+}
+
+impl Socket for ClientObj {
+    fn handle(&self) -> &ConnectionHandle {
+        &self.handle
+    }
+}
+
+/// What both kinds of connection have: `id`, `status`, `handler`, `send`, `terminate`,
+/// equality and printing.
+fn register_socket<T: Socket>(engine: &mut Engine, ctx: &Rc<Ctx>, type_name: &'static str) {
+    engine.register_get("id", |c: &mut T| c.handle().id() as i64);
+    engine.register_get("status", |c: &mut T| {
+        c.handle().status().as_str().to_string()
+    });
     let cx = ctx.clone();
-    engine.register_get("handler", move |c: &mut ConnObj| {
+    engine.register_get("handler", move |c: &mut T| {
         cx.registry
             .borrow()
             .conns
-            .get(&c.handle.id())
+            .get(&c.handle().id())
             .map(|e| e.handler.clone())
             .unwrap_or(Dynamic::UNIT)
     });
-    engine.register_fn("send", |c: &mut ConnObj, message: Dynamic| -> Res<()> {
-        let payload = data_to_payload(&message)?;
-        send(&c.handle, payload);
+    engine.register_fn("send", |c: &mut T, message: Dynamic| -> Res<()> {
+        send(c.handle(), data_to_payload(&message)?);
         Ok(())
     });
-    engine.register_fn("terminate", |c: &mut ConnObj| {
-        c.handle.close(1000, String::new());
+    engine.register_fn("terminate", |c: &mut T| {
+        c.handle().close(1000, String::new());
     });
-    engine.register_fn("terminate", |c: &mut ConnObj, code: i64| -> Res<()> {
-        terminate(&c.handle, code, ImmutableString::new())
+    engine.register_fn("terminate", |c: &mut T, code: i64| -> Res<()> {
+        terminate(c.handle(), code, ImmutableString::new())
     });
     engine.register_fn(
         "terminate",
-        |c: &mut ConnObj, code: i64, reason: ImmutableString| -> Res<()> {
-            terminate(&c.handle, code, reason)
+        |c: &mut T, code: i64, reason: ImmutableString| -> Res<()> {
+            terminate(c.handle(), code, reason)
         },
     );
-    engine.register_fn("==", |a: ConnObj, b: ConnObj| {
-        a.handle.id() == b.handle.id()
+    engine.register_fn("==", |a: T, b: T| a.handle().id() == b.handle().id());
+    engine.register_fn("!=", |a: T, b: T| a.handle().id() != b.handle().id());
+    engine.register_fn("to_string", move |c: &mut T| {
+        format!("{type_name}#{}", c.handle().id())
     });
-    engine.register_fn("!=", |a: ConnObj, b: ConnObj| {
-        a.handle.id() != b.handle.id()
-    });
-    engine.register_fn("to_string", |c: &mut ConnObj| {
-        format!("WebSocketConnection#{}", c.handle.id())
-    });
-    engine.register_fn("to_debug", |c: &mut ConnObj| {
-        format!(
-            "WebSocketConnection#{} ({})",
-            c.handle.id(),
-            c.handle.status().as_str()
-        )
+    engine.register_fn("to_debug", move |c: &mut T| {
+        let h = c.handle();
+        format!("{type_name}#{} ({})", h.id(), h.status().as_str())
     });
 }
 
@@ -752,10 +768,6 @@ fn register_client(engine: &mut Engine, ctx: &Rc<Ctx>) {
               handler: Dynamic| { new_client(&c, &ncc, &url, Some(handler)) },
     );
     engine.register_fn("to_string", |_: &mut ClientClass| "WebSocket".to_string());
-    engine.register_get("id", |c: &mut ClientObj| c.handle.id() as i64);
-    engine.register_get("status", |c: &mut ClientObj| {
-        c.handle.status().as_str().to_string()
-    });
     let cx = ctx.clone();
     engine.register_get("url", move |c: &mut ClientObj| {
         match cx
@@ -779,47 +791,7 @@ fn register_client(engine: &mut Engine, ctx: &Rc<Ctx>) {
             .unwrap_or("text")
             .to_string()
     });
-    let cx = ctx.clone();
-    engine.register_get("handler", move |c: &mut ClientObj| {
-        cx.registry
-            .borrow()
-            .conns
-            .get(&c.handle.id())
-            .map(|e| e.handler.clone())
-            .unwrap_or(Dynamic::UNIT)
-    });
-    engine.register_fn("send", |c: &mut ClientObj, message: Dynamic| -> Res<()> {
-        send(&c.handle, data_to_payload(&message)?);
-        Ok(())
-    });
-    engine.register_fn("terminate", |c: &mut ClientObj| {
-        c.handle.close(1000, String::new());
-    });
-    engine.register_fn("terminate", |c: &mut ClientObj, code: i64| -> Res<()> {
-        terminate(&c.handle, code, ImmutableString::new())
-    });
-    engine.register_fn(
-        "terminate",
-        |c: &mut ClientObj, code: i64, reason: ImmutableString| -> Res<()> {
-            terminate(&c.handle, code, reason)
-        },
-    );
-    engine.register_fn("==", |a: ClientObj, b: ClientObj| {
-        a.handle.id() == b.handle.id()
-    });
-    engine.register_fn("!=", |a: ClientObj, b: ClientObj| {
-        a.handle.id() != b.handle.id()
-    });
-    engine.register_fn("to_string", |c: &mut ClientObj| {
-        format!("WebSocket#{}", c.handle.id())
-    });
-    engine.register_fn("to_debug", |c: &mut ClientObj| {
-        format!(
-            "WebSocket#{} ({})",
-            c.handle.id(),
-            c.handle.status().as_str()
-        )
-    });
+    register_socket::<ClientObj>(engine, ctx, "WebSocket");
 }
 
 /// Checks a client URL: `ws://` or `wss://`, with a host.

@@ -112,12 +112,8 @@ impl ClassStore {
         path: &Path,
         sources: &mut Sources,
     ) -> Result<AST, ScriptError> {
-        let ast = compile_file(engine, path, sources)?;
-        let file = display_name(path);
-        self.track(path, &file);
-        self.dirs.insert(file.clone(), parent_dir(path));
-        self.add(file.clone(), None, ast.clone());
-        self.entry = Some(file);
+        let ast = self.load_script(engine, path, sources)?;
+        self.entry = Some(display_name(path));
         Ok(ast)
     }
 
