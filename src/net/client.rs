@@ -70,22 +70,8 @@ impl Network {
                 Ok(ws) => connection::run(ws, port.handle, port.commands, events, &config).await,
                 Err((kind, message)) => {
                     tracing::debug!("client {id} to {}: {message}", request.url);
-                    // `Closed` is the worker's to set, when it delivers onTerminate.
-                    handle.begin_closing();
-                    let _ = events
-                        .send_async(Event::Error {
-                            conn: id,
-                            kind,
-                            message,
-                        })
-                        .await;
-                    let _ = events
-                        .send_async(Event::Closed {
-                            conn: id,
-                            code: 1006,
-                            reason: String::new(),
-                            clean: false,
-                        })
+                    let failure = Some((kind, message));
+                    connection::report_end(&handle, &events, failure, 1006, String::new(), false)
                         .await;
                 }
             }

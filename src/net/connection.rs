@@ -152,12 +152,25 @@ pub(crate) async fn run<S>(
     };
     drop(sink);
     // Closing from now on (not before: the answers of `finish_sends` had to get through).
-    // `Closed` is the worker's to set, when it delivers onTerminate.
+    report_end(&handle, &events, failure, code, reason, clean).await;
+}
+
+/// The last events of a connection: `Error` if it failed, then `Closed`. `Closed` status is
+/// the worker's to set, when it delivers onTerminate; here it is only closing.
+pub(crate) async fn report_end(
+    handle: &ConnectionHandle,
+    events: &flume::Sender<Event>,
+    failure: Option<(ErrorKind, String)>,
+    code: u16,
+    reason: String,
+    clean: bool,
+) {
+    let conn = handle.id();
     handle.begin_closing();
     if let Some((kind, message)) = failure {
         let _ = events
             .send_async(Event::Error {
-                conn: id,
+                conn,
                 kind,
                 message,
             })
@@ -165,7 +178,7 @@ pub(crate) async fn run<S>(
     }
     let _ = events
         .send_async(Event::Closed {
-            conn: id,
+            conn,
             code,
             reason,
             clean,

@@ -142,12 +142,7 @@ impl Worker {
     /// Runs the file's top level, then the test function; then closes whatever the test left
     /// open (bounded) and reports.
     fn run_test(self, test: TestCase) -> Exit {
-        let compiled = self.ctx.classes.borrow_mut().load_entry(
-            &self.engine,
-            &self.entry_path,
-            &mut self.ctx.sources.borrow_mut(),
-        );
-        let entry: AST = match compiled {
+        let entry = match self.compile_entry() {
             Ok(ast) => ast,
             Err(e) => return Exit::Test(Err(e)),
         };
@@ -192,6 +187,14 @@ impl Worker {
         Exit::Test(result)
     }
 
+    fn compile_entry(&self) -> Result<AST, ScriptError> {
+        self.ctx.classes.borrow_mut().load_entry(
+            &self.engine,
+            &self.entry_path,
+            &mut self.ctx.sources.borrow_mut(),
+        )
+    }
+
     fn dispatch(&self) -> Dispatch<'_> {
         Dispatch {
             engine: &self.engine,
@@ -203,12 +206,7 @@ impl Worker {
         if let Some(test) = self.test.clone() {
             return self.run_test(test);
         }
-        let compiled = self.ctx.classes.borrow_mut().load_entry(
-            &self.engine,
-            &self.entry_path,
-            &mut self.ctx.sources.borrow_mut(),
-        );
-        let entry: AST = match compiled {
+        let entry = match self.compile_entry() {
             Ok(ast) => ast,
             Err(e) => return Exit::ScriptFailed(e),
         };
