@@ -85,3 +85,14 @@ fn bad_server_options_are_catchable_script_errors() {
     );
     assert!(stderr.contains("dataType"), "{stderr}");
 }
+
+#[test]
+fn scripts_cannot_import_files_or_eval_strings() {
+    let (status, stdout, stderr) = run_cli(&["run", &fixture("sandbox.rhai")]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("import refused"), "{stdout}");
+    assert!(!stdout.contains("imported"), "{stdout}");
+    let (status, _, stderr) = run_cli(&["check", &fixture("sandbox_eval.rhai")]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("sandbox_eval.rhai:2:"), "{stderr}");
+}
