@@ -91,6 +91,9 @@ struct LimitArgs {
     /// Megabytes a callback may allocate (and keep) before it is stopped.
     #[arg(long, value_name = "MB")]
     callback_memory: Option<usize>,
+    /// Megabytes the scripts' objects of a worker may hold between callbacks.
+    #[arg(long, value_name = "MB")]
+    script_memory: Option<usize>,
 }
 
 impl LimitArgs {
@@ -138,6 +141,9 @@ impl LimitArgs {
         }
         if let Some(n) = self.max_operations {
             config.budget.max_operations = n;
+        }
+        if let Some(mb) = self.script_memory {
+            config.budget.max_state = mb.max(1) << 20;
         }
         if let Some(mb) = self.callback_memory {
             config.budget.max_memory = mb.max(1) << 20;

@@ -270,6 +270,8 @@ pub enum ErrorKind {
     Script = 1,
     /// A callback ran past its operation or time budget.
     Budget = 2,
+    /// The scripts' objects hold more than the memory limit.
+    Memory = 3,
     /// A message for a `dataType: "object"` handler was not valid JSON.
     Json = 10,
     /// The socket failed (reset, I/O error).
@@ -293,7 +295,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn component(self) -> &'static str {
         match self {
-            Self::Script | Self::Budget => "wshost.script",
+            Self::Script | Self::Budget | Self::Memory => "wshost.script",
             Self::Json => "wshost.json",
             Self::Io
             | Self::Protocol

@@ -297,3 +297,53 @@ async fn a_thousand_abrupt_disconnects_leave_no_connection_and_no_memory_behind(
         }
     }
 }
+
+#[tokio::test]
+async fn state_that_grows_across_callbacks_is_bounded() {
+    let host = Host::start_with(&fixture("hoard.rhai"), &["--script-memory", "4"]);
+    let mut small = connect(&host.url("/")).await;
+    send_text(&mut small, "tiny").await;
+    assert_eq!(recv_text(&mut small).await, "kept 1");
+    let mut hoarder = connect(&host.url("/")).await;
+    let chunk = "z".repeat(100_000);
+    // Each message is kept: 80 of them are 8 MB, twice the limit.
+    let mut closed = None;
+    for i in 1..=200 {
+        send_text(&mut hoarder, &chunk).await;
+        match recv(&mut hoarder).await {
+            Message::Text(t) => assert_eq!(t.as_str(), format!("kept {i}")),
+            Message::Close(f) => {
+                closed = f.map(|f| u16::from(f.code));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+        if i % 20 == 0 {
+            // Give the once-a-second measurement its chance.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(closed, Some(1008), "the hoarding connection is let go");
+    let deadline = Instant::now() + TIMEOUT;
+    while !host
+        .stdout()
+        .lines()
+        .any(|l| l.starts_with("error ") && l.ends_with(" 3"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no onError errCode 3: {}",
+            host.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        host.wait_stderr("over the limit of 4 MiB", TIMEOUT)
+            .is_some(),
+        "{}",
+        host.stderr()
+    );
+    // The other connection is untouched.
+    send_text(&mut small, "still").await;
+    assert_eq!(recv_text(&mut small).await, "kept 2");
+}

@@ -18,6 +18,8 @@ pub struct Budget {
     /// Bytes a callback may allocate and keep (enforced when the counting allocator is
     /// installed, as in the `wshost` binary).
     pub max_memory: usize,
+    /// Bytes the objects of a worker's scripts may hold between callbacks (memory.rs).
+    pub max_state: usize,
 }
 
 impl Default for Budget {
@@ -27,6 +29,7 @@ impl Default for Budget {
             max_time: Duration::from_secs(2),
             max_call_levels: 64,
             max_memory: 256 << 20,
+            max_state: 1 << 30,
         }
     }
 }
@@ -58,8 +61,10 @@ impl Deadline {
             .unwrap_or(0)
     }
 
-    pub fn clear(&self) {
-        self.0.borrow_mut().pop();
+    /// Ends the innermost callback; returns the bytes it allocated and kept.
+    pub fn clear(&self) -> i64 {
+        let popped = self.0.borrow_mut().pop();
+        popped.map_or(0, |(_, start)| crate::alloc::thread_net() - start)
     }
 
     pub fn passed(&self) -> bool {

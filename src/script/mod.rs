@@ -9,6 +9,7 @@ mod classes;
 mod convert;
 mod engine;
 mod error;
+mod memory;
 mod state;
 mod testing;
 mod worker;

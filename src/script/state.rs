@@ -210,6 +210,11 @@ pub struct Ctx {
     pub port_plan: Arc<std::sync::Mutex<Vec<u16>>>,
     /// Servers created by this run of the top level so far.
     pub top_servers_made: Cell<usize>,
+    /// Bytes callbacks allocated and kept since the script state was last measured.
+    pub growth: Cell<i64>,
+    /// Callbacks run since then, and when that was.
+    pub callbacks_since: Cell<u64>,
+    pub measured_at: Cell<std::time::Instant>,
 }
 
 impl Ctx {

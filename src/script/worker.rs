@@ -125,6 +125,9 @@ impl Worker {
             worker_index: options.index,
             port_plan: options.port_plan.clone(),
             top_servers_made: std::cell::Cell::new(0),
+            growth: std::cell::Cell::new(0),
+            callbacks_since: std::cell::Cell::new(0),
+            measured_at: std::cell::Cell::new(Instant::now()),
         });
         api::register(&mut engine, &ctx, &options.args);
         if options.test.is_some() {
@@ -279,7 +282,74 @@ impl Dispatch<'_> {
         }
         self.run_due_timers();
         self.finish_stopped_servers();
+        self.check_state_memory();
         true
+    }
+
+    /// Measures what the scripts' objects hold once callbacks have kept a quarter of the
+    /// limit since the last time; over the limit, lets go of the biggest holder.
+    fn check_state_memory(&self) {
+        let limit = self.ctx.budget.max_state as i64;
+        // Allocation counts drift (buffers change threads), so time is a trigger too: at most
+        // once a second while callbacks run, the cost of a measurement is amortized.
+        let grew = self.ctx.growth.get() >= (limit / 4).clamp(1 << 20, 64 << 20);
+        let due = self.ctx.callbacks_since.get() > 0
+            && self.ctx.measured_at.get().elapsed() >= std::time::Duration::from_secs(1);
+        if !grew && !due {
+            return;
+        }
+        self.ctx.growth.set(0);
+        self.ctx.callbacks_since.set(0);
+        self.ctx.measured_at.set(Instant::now());
+        let (total, biggest) = {
+            let reg = self.ctx.registry.borrow();
+            let servers = reg
+                .servers
+                .iter()
+                .map(|(id, s)| (super::memory::estimate(&s.handler), Holder::Server(*id)));
+            let conns = reg
+                .conns
+                .iter()
+                .map(|(id, c)| (super::memory::estimate(&c.handler), Holder::Conn(*id)));
+            let all: Vec<(usize, Holder)> = servers.chain(conns).collect();
+            let total: usize = all.iter().map(|(n, _)| n).sum();
+            (total, all.into_iter().max_by_key(|(n, _)| *n))
+        };
+        tracing::debug!("script state: about {} KiB", total >> 10);
+        if total as i64 <= limit {
+            return;
+        }
+        let Some((held, holder)) = biggest else {
+            return;
+        };
+        let message = format!(
+            "the script's objects hold about {} MiB, over the limit of {} MiB: the biggest \
+             holder ({} MiB) is let go",
+            total >> 20,
+            limit >> 20,
+            held >> 20
+        );
+        tracing::error!("{message}");
+        let event = || error_event(ErrorKind::Memory, &message, None);
+        match holder {
+            Holder::Conn(id) => {
+                self.call_conn(id, "onError", event());
+                let handle = self
+                    .ctx
+                    .registry
+                    .borrow()
+                    .conns
+                    .get(&id)
+                    .map(|c| c.handle.clone());
+                if let Some(h) = handle {
+                    h.close(1008, "script state over the memory limit".into());
+                }
+            }
+            Holder::Server(id) => {
+                self.call_server(id, "onError", event());
+                self.ctx.terminate_server(id);
+            }
+        }
     }
 
     /// Runs the timers that are due, each once; an interval is put back for its next run.
@@ -868,10 +938,20 @@ impl Dispatch<'_> {
                 )
             }
         };
-        self.ctx.deadline.clear();
+        let kept = self.ctx.deadline.clear();
+        self.ctx.growth.set(self.ctx.growth.get() + kept);
+        self.ctx
+            .callbacks_since
+            .set(self.ctx.callbacks_since.get() + 1);
         let sources = self.ctx.sources.borrow();
         Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
     }
+}
+
+/// What holds script memory: a server handler or a connection handler.
+enum Holder {
+    Server(ServerId),
+    Conn(ConnId),
 }
 
 fn event_map(kind: &str) -> Map {
