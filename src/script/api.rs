@@ -10,7 +10,7 @@ use rhai::{
     NativeCallContext, Scope,
 };
 
-use super::classes::{CLASS_KEY, Script};
+use super::classes::{CLASS_KEY, Script, class_name};
 use super::convert::{DataType, data_to_payload};
 use super::state::{ConnEntry, Ctx, ServerEntry, Side, Timer};
 use crate::event::{ConnectionHandle, Event, SendError, ServerId, Status, next_id};
@@ -258,8 +258,7 @@ pub fn has_callback(ctx: &Ctx, handler: &Dynamic, name: &str) -> bool {
     if map.get(name).is_some_and(|v| v.is::<FnPtr>()) {
         return true;
     }
-    map.get(CLASS_KEY)
-        .and_then(|c| c.clone().into_string().ok())
+    class_name(&map)
         .and_then(|c| ctx.classes.borrow().class(&c))
         .is_some_and(|class| class.params(name).is_some())
 }
@@ -427,10 +426,7 @@ fn adopt_server(
 /// of the same class stays as is (its class file brings the new code); an object map takes
 /// the new map's properties, but data it already had (non-function properties) is kept.
 fn keep_state(old: &Dynamic, new: &Dynamic) {
-    let class_of = |d: &Dynamic| {
-        d.read_lock::<Map>()
-            .and_then(|m| m.get(CLASS_KEY).map(|c| c.to_string()))
-    };
+    let class_of = |d: &Dynamic| d.read_lock::<Map>().and_then(|m| class_name(&m));
     let (old_class, new_class) = (class_of(old), class_of(new));
     if old_class.is_some() && old_class == new_class {
         return;
@@ -469,9 +465,9 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
             Ok(ClassRef { class })
         },
     );
-    engine.register_get("name", |c: &mut ClassRef| class_name(c));
+    engine.register_get("name", |c: &mut ClassRef| ref_name(c));
     engine.register_fn("to_string", |c: &mut ClassRef| {
-        format!("cs.{}", class_name(c))
+        format!("cs.{}", ref_name(c))
     });
     // `cs.Name.new(…)` with up to five constructor arguments.
     engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
@@ -514,14 +510,14 @@ fn register_classes(engine: &mut Engine, ctx: &Rc<Ctx>) {
     );
 }
 
-fn class_name(c: &ClassRef) -> String {
+fn ref_name(c: &ClassRef) -> String {
     c.class.class.clone().unwrap_or_default()
 }
 
 /// A new instance of a class: an object map naming its class, built by `constructor`.
 fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
     let class = &c.class;
-    let name = class_name(c);
+    let name = ref_name(c);
     let mut map = Map::new();
     map.insert(CLASS_KEY.into(), name.clone().into());
     let mut this = Dynamic::from_map(map).into_shared();

@@ -23,6 +23,12 @@ use super::error::{ScriptError, Sources, display_name};
 /// The property of an instance that names its class.
 pub const CLASS_KEY: &str = "__class";
 
+/// The class an instance names (None for a plain object map).
+pub fn class_name(map: &rhai::Map) -> Option<String> {
+    map.get(CLASS_KEY)
+        .and_then(|c| c.clone().into_string().ok())
+}
+
 /// One compiled file, ready to call into.
 pub struct Script {
     /// The file as named in messages (`scripts/Chat.rhai`).

@@ -13,7 +13,7 @@ use std::time::Instant;
 use rhai::{AST, CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
 
 use super::api::{self, ServerObj, has_callback, share_handler};
-use super::classes::{CLASS_KEY, ClassStore, Reloaded};
+use super::classes::{ClassStore, Reloaded, class_name};
 use super::convert::{DataType, payload_to_data};
 use super::engine::{Budget, Deadline, new_engine};
 use super::error::{ScriptError, Sources, display_name};
@@ -877,12 +877,7 @@ impl Dispatch<'_> {
 
     /// The class file of a class instance.
     pub fn class_file(&self, handler: &Dynamic) -> Option<String> {
-        let class = handler
-            .read_lock::<Map>()?
-            .get(CLASS_KEY)?
-            .clone()
-            .into_string()
-            .ok()?;
+        let class = class_name(&*handler.read_lock::<Map>()?)?;
         self.ctx
             .classes
             .borrow()
@@ -905,10 +900,7 @@ impl Dispatch<'_> {
             let fn_ptr = map
                 .get(name)
                 .and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
-            let class = map
-                .get(CLASS_KEY)
-                .and_then(|c| c.clone().into_string().ok())
-                .and_then(|c| self.ctx.classes.borrow().class(&c));
+            let class = class_name(&map).and_then(|c| self.ctx.classes.borrow().class(&c));
             (fn_ptr, class)
         };
         let script = match (&fn_ptr, class) {
