@@ -22,6 +22,7 @@
 mod alloc;
 pub mod cli;
 mod event;
+mod event_loop;
 mod host;
 pub(crate) mod net;
 mod payload;

@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::{self, Error as WsError};
 use tokio_tungstenite::{Connector, connect_async_tls_with_config};
 
 use super::{NetConfig, Network, connection};
-use crate::event::{ConnectionPort, ErrorKind, Event};
+use crate::event::{ConnectionPort, ErrorKind};
+use crate::event_loop::Events;
 
 /// What the script asked for: the URL and extra upgrade-request headers.
 #[derive(Clone, Debug)]
@@ -54,16 +55,18 @@ pub fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rust
 }
 
 impl Network {
-    /// Connects in the background; events go to `events` (`Open`… or `Error` + `Closed`).
+    /// Connects in the background on `event_loop` (the worker's); events go to `events`
+    /// (`Open`… or `Error` + `Closed`).
     pub fn connect(
         &self,
         request: ClientRequest,
         port: ConnectionPort,
-        events: flume::Sender<Event>,
+        events: Events,
+        event_loop: &tokio::runtime::Handle,
     ) {
         let config = self.config().clone();
         let tls = self.tls().clone();
-        self.runtime().spawn(async move {
+        event_loop.spawn(async move {
             let handle = port.handle.clone();
             let id = handle.id();
             match open(&request, &config, tls).await {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NetConfig;
 use crate::event::{Command, ConnectionHandle, ErrorKind, Event};
+use crate::event_loop::Events;
 use crate::payload::{Payload, Text};
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
@@ -80,14 +81,14 @@ pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     handle: ConnectionHandle,
     commands: flume::Receiver<Command>,
-    events: flume::Sender<Event>,
+    events: Events,
     config: &NetConfig,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = handle.id();
     handle.connected();
-    if events.send_async(Event::Open { conn: id }).await.is_err() {
+    if !events.deliver(Event::Open { conn: id }).await {
         return;
     }
     let (sink, stream) = ws.split();
@@ -159,7 +160,7 @@ pub(crate) async fn run<S>(
 /// the worker's to set, when it delivers onTerminate; here it is only closing.
 pub(crate) async fn report_end(
     handle: &ConnectionHandle,
-    events: &flume::Sender<Event>,
+    events: &Events,
     failure: Option<(ErrorKind, String)>,
     code: u16,
     reason: String,
@@ -168,16 +169,16 @@ pub(crate) async fn report_end(
     let conn = handle.id();
     handle.begin_closing();
     if let Some((kind, message)) = failure {
-        let _ = events
-            .send_async(Event::Error {
+        events
+            .deliver(Event::Error {
                 conn,
                 kind,
                 message,
             })
             .await;
     }
-    let _ = events
-        .send_async(Event::Closed {
+    events
+        .deliver(Event::Closed {
             conn,
             code,
             reason,
@@ -221,7 +222,7 @@ async fn finish_sends<S>(
 async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
     handle: &ConnectionHandle,
-    events: &flume::Sender<Event>,
+    events: &Events,
     done: &CancellationToken,
     last_seen: &LastSeen,
 ) -> ReadEnd
@@ -255,11 +256,7 @@ where
             _ = done.cancelled() => return ReadEnd::Stopped { peer_close },
             _ = handle.acquire_inflight() => {}
         }
-        if events
-            .send_async(Event::Message { conn: id, payload })
-            .await
-            .is_err()
-        {
+        if !events.deliver(Event::Message { conn: id, payload }).await {
             return ReadEnd::Stopped { peer_close };
         }
     }

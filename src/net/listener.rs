@@ -31,14 +31,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::NetConfig;
 use crate::event::{ConnectionHandle, Event, Request, ServerId, Status, Verdict};
+use crate::event_loop::{Events, LoopId};
 
 /// Where the connections for one path go: a server and the worker that owns it.
 #[derive(Clone, Debug)]
 pub struct Route {
-    /// The script worker that owns the server (0 unless the host runs several).
-    pub worker: usize,
     pub server: ServerId,
-    pub events: flume::Sender<Event>,
+    /// The worker that owns the server: its events, and the loop its sockets run on.
+    pub events: Events,
+    pub runtime: tokio::runtime::Handle,
     /// Browser origins allowed to connect (`Origin` header); None: any.
     pub origins: Option<Arc<[String]>>,
 }
@@ -135,14 +136,22 @@ impl RouteGroup {
         }
     }
 
-    fn pick(&self) -> Option<&Route> {
+    /// The copy of the worker running `here` (the socket is on its thread), else one in turn.
+    fn pick(&self, here: Option<LoopId>) -> Option<&Route> {
+        if let Some(route) = self.routes.iter().find(|r| Some(r.events.worker()) == here) {
+            return Some(route);
+        }
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.routes.get(n % self.routes.len().max(1))
     }
 
     /// Adds another worker's copy; the same worker cannot serve one path twice.
     fn join(&mut self, route: Route) -> Option<Arc<ConnTable>> {
-        if self.routes.iter().any(|r| r.worker == route.worker) {
+        if self
+            .routes
+            .iter()
+            .any(|r| r.events.worker() == route.events.worker())
+        {
             return None;
         }
         self.routes.push(route);
@@ -151,8 +160,24 @@ impl RouteGroup {
 }
 
 impl Routes {
-    fn find(&self, path: &str) -> Option<&Route> {
-        self.by_path.get(path).or(self.any.as_ref())?.pick()
+    fn find(&self, path: &str, here: Option<LoopId>) -> Option<&Route> {
+        self.by_path.get(path).or(self.any.as_ref())?.pick(here)
+    }
+
+    /// The event loops of the workers serving on this listener, each once.
+    fn loops(&self) -> Vec<(LoopId, tokio::runtime::Handle)> {
+        let mut loops: Vec<(LoopId, tokio::runtime::Handle)> = Vec::new();
+        for route in self
+            .by_path
+            .values()
+            .chain(&self.any)
+            .flat_map(|g| &g.routes)
+        {
+            if !loops.iter().any(|(id, _)| *id == route.events.worker()) {
+                loops.push((route.events.worker(), route.runtime.clone()));
+            }
+        }
+        loops
     }
 
     fn is_empty(&self) -> bool {
@@ -164,9 +189,23 @@ struct Listener {
     routes: RwLock<Routes>,
     stop: CancellationToken,
     options: ListenOptions,
+    /// Which worker gets the next connection.
+    next: std::sync::atomic::AtomicUsize,
 }
 
-/// The network side of a host: its listeners and the runtime their tasks run on.
+impl Listener {
+    /// The event loop of the worker that takes the next connection (in turn).
+    fn next_loop(&self) -> Option<tokio::runtime::Handle> {
+        let loops = self.routes.read().unwrap().loops();
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        loops
+            .get(n % loops.len().max(1))
+            .map(|(_, handle)| handle.clone())
+    }
+}
+
+/// The network side of a host: its listeners, and the runtime their accept loops run on
+/// (connections run on the event loops of the workers).
 pub struct Network {
     runtime: tokio::runtime::Handle,
     config: NetConfig,
@@ -188,10 +227,6 @@ impl Network {
 
     pub(crate) fn config(&self) -> &NetConfig {
         &self.config
-    }
-
-    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
     }
 
     pub(super) fn tls(&self) -> &Arc<rustls::ClientConfig> {
@@ -241,6 +276,7 @@ impl Network {
             routes: RwLock::new(routes),
             stop: CancellationToken::new(),
             options,
+            next: Default::default(),
         });
         listeners.insert(bound, listener.clone());
         let config = self.config.clone();
@@ -321,33 +357,47 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetCo
         };
         match accepted {
             Ok((stream, peer)) => {
-                let shared = shared.clone();
-                let config = config.clone();
+                // The connection moves to a worker's loop: its I/O is driven there, on the
+                // thread that runs its callbacks.
+                let Some(worker) = shared.next_loop() else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                match shared.options.tls.clone() {
-                    None => {
-                        tokio::spawn(serve_http(stream, peer, shared, config));
-                    }
-                    Some(acceptor) => {
-                        tokio::spawn(async move {
-                            let accepted = tokio::time::timeout(
-                                config.handshake_timeout,
-                                acceptor.accept(stream),
-                            )
-                            .await;
-                            match accepted {
-                                Ok(Ok(tls)) => serve_http(tls, peer, shared, config).await,
-                                Ok(Err(e)) => tracing::debug!("TLS from {peer}: {e}"),
-                                Err(_) => tracing::debug!("TLS from {peer}: handshake timed out"),
-                            }
-                        });
-                    }
-                }
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                worker.spawn(serve(stream, peer, shared.clone(), config.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection on the event loop it was given: TLS if the port has it,
+/// then HTTP (static files, or the upgrade).
+async fn serve(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Listener>,
+    config: NetConfig,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!("connection from {peer}: {e}"),
+    };
+    match shared.options.tls.clone() {
+        None => serve_http(stream, peer, shared, config).await,
+        Some(acceptor) => {
+            let accepted =
+                tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await;
+            match accepted {
+                Ok(Ok(tls)) => serve_http(tls, peer, shared, config).await,
+                Ok(Err(e)) => tracing::debug!("TLS from {peer}: {e}"),
+                Err(_) => tracing::debug!("TLS from {peer}: handshake timed out"),
             }
         }
     }
@@ -439,7 +489,7 @@ async fn handle_request(
         .routes
         .read()
         .unwrap()
-        .find(req.uri().path())
+        .find(req.uri().path(), crate::event_loop::current())
         .cloned();
     let Some(route) = route else {
         return plain(StatusCode::NOT_FOUND, "No WebSocket server on this path.\n");
@@ -458,14 +508,14 @@ async fn handle_request(
     let (reply_tx, reply_rx) = oneshot::channel();
     let asked = route
         .events
-        .send_async(Event::Connect {
+        .deliver(Event::Connect {
             server: route.server,
             conn: handle.clone(),
             request,
             reply: reply_tx,
         })
         .await;
-    if asked.is_err() {
+    if !asked {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "Server is stopping.\n");
     }
     let verdict = match tokio::time::timeout(config.handshake_timeout, reply_rx).await {
@@ -510,8 +560,8 @@ async fn handle_request(
                 tracing::debug!("connection {}: upgrade failed: {e}", handle.id());
                 // `Closed` is the worker's to set, when it delivers onTerminate.
                 handle.begin_closing();
-                let _ = events
-                    .send_async(Event::Closed {
+                events
+                    .deliver(Event::Closed {
                         conn: handle.id(),
                         code: 1006,
                         reason: String::new(),

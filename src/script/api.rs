@@ -282,9 +282,9 @@ fn new_server(
         ctx.top_level.borrow_mut().servers.push(id);
     }
     let route = Route {
-        worker: ctx.worker_index,
         server: id,
         events: ctx.events.clone(),
+        runtime: ctx.event_loop.handle().clone(),
         origins: opts.origins.clone().map(Into::into),
     };
     let tls = match &opts.tls {
@@ -380,7 +380,7 @@ fn new_server(
             }
         }
     };
-    let _ = ctx.events.send(event);
+    ctx.events.queue(event);
     Ok(ServerObj { id })
 }
 
@@ -913,6 +913,7 @@ fn new_client(
         },
         port,
         ctx.events.clone(),
+        ctx.event_loop.handle(),
     );
     Ok(ClientObj { handle })
 }
@@ -943,6 +944,8 @@ fn register_timers(engine: &mut Engine, ctx: &Rc<Ctx>) {
                     home: ncc.call_source().map(str::to_string),
                 };
                 let id = c.registry.borrow_mut().timers.add(delay, timer);
+                // The loop may be waiting for a later timer (or for nothing).
+                c.event_loop.wake();
                 if c.in_top_level() {
                     c.top_level.borrow_mut().timers.push(id);
                 }

@@ -15,6 +15,7 @@ use super::convert::DataType;
 use super::engine::{Budget, Deadline};
 use super::error::Sources;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
+use crate::event_loop::{EventLoop, Events};
 use crate::net::Network;
 
 /// Defaults for servers that do not say otherwise (`--host`, `--port`).
@@ -179,8 +180,11 @@ impl Registry {
 
 pub struct Ctx {
     pub net: Arc<Network>,
-    /// The worker's own event queue, for events it raises itself (`Listening`…).
-    pub events: flume::Sender<Event>,
+    /// The worker's loop: its sockets run on it, on this thread.
+    pub event_loop: EventLoop,
+    /// Where events for this worker go (its sockets' events are dispatched at once; others,
+    /// and those it raises itself, such as `Listening`, are queued).
+    pub events: Events,
     /// Changed for the duration of a `run_script(path, #{port})` in tests.
     pub defaults: RefCell<Defaults>,
     pub registry: RefCell<Registry>,

@@ -70,6 +70,7 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             engine: ncc.engine(),
             ctx: &c,
         };
+        check_test_deadline(&c)?;
         while Instant::now() < until {
             check_test_deadline(&c)?;
             dispatch.step(Some(until.min(Instant::now() + Duration::from_millis(50))));
@@ -111,6 +112,10 @@ fn check_eq(
 }
 
 fn check_test_deadline(ctx: &Ctx) -> Res<()> {
+    if ctx.event_loop.inside() {
+        // The loop runs this callback: it cannot also wait inside it.
+        return Err("wait_until and sleep belong in test functions, not in callbacks".into());
+    }
     if ctx.deadline.passed() {
         Err("the test ran past its time limit".into())
     } else {

@@ -75,12 +75,15 @@ pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<Worke
         .name("wshost-script".into())
         // Rhai recursion runs on the native stack; its call-level limit keeps within this.
         .stack_size(16 << 20)
-        .spawn(move || Worker::new(net, options, own, rx).run())?;
+        .spawn(move || match Worker::new(net, options, own, rx) {
+            Ok(worker) => worker.run(),
+            Err(e) => Exit::ScriptFailed(ScriptError::plain("wshost", format!("{e:#}"))),
+        })?;
     Ok(WorkerHandle { events: tx, thread })
 }
 
 struct Worker {
-    engine: Engine,
+    engine: Rc<Engine>,
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
     test: Option<TestCase>,
@@ -93,7 +96,9 @@ impl Worker {
         options: WorkerOptions,
         own: flume::Sender<Event>,
         rx: flume::Receiver<Event>,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
+        let event_loop = crate::event_loop::EventLoop::new()?;
+        let events = crate::event_loop::Events::new(event_loop.id(), own.clone());
         let deadline = Deadline::default();
         let mut engine = new_engine(&options.budget, &deadline);
         let dir = match options.entry.parent() {
@@ -107,7 +112,8 @@ impl Worker {
         });
         let ctx = Rc::new(Ctx {
             net,
-            events: own,
+            event_loop,
+            events,
             defaults: std::cell::RefCell::new(options.defaults),
             registry: Default::default(),
             classes: std::cell::RefCell::new(ClassStore::new(dir, watcher)),
@@ -133,18 +139,28 @@ impl Worker {
         if options.test.is_some() {
             super::testing::register(&mut engine, &ctx);
         }
-        Self {
+        let engine = Rc::new(engine);
+        // The events of this worker's own sockets are dispatched where they arise.
+        let (e, c) = (engine.clone(), ctx.clone());
+        ctx.event_loop.install(Rc::new(move |event| {
+            Dispatch {
+                engine: &e,
+                ctx: &c,
+            }
+            .dispatch_now(event)
+        }));
+        Ok(Self {
             engine,
             ctx,
             entry_path: options.entry,
             test: options.test,
             started: options.started,
-        }
+        })
     }
 
     /// Runs the file's top level, then the test function; then closes whatever the test left
     /// open (bounded) and reports.
-    fn run_test(self, test: TestCase) -> Exit {
+    fn run_test(&self, test: TestCase) -> Exit {
         let entry = match self.compile_entry() {
             Ok(ast) => ast,
             Err(e) => return Exit::Test(Err(e)),
@@ -206,6 +222,13 @@ impl Worker {
     }
 
     fn run(self) -> Exit {
+        let exit = self.run_to_end();
+        // Drops the dispatch (it holds the engine and the context), then the loop's sockets.
+        self.ctx.event_loop.uninstall();
+        exit
+    }
+
+    fn run_to_end(&self) -> Exit {
         if let Some(test) = self.test.clone() {
             return self.run_test(test);
         }
@@ -266,24 +289,27 @@ impl Dispatch<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let event = match wake {
-            None => match self.ctx.rx.recv() {
-                Ok(e) => Some(e),
-                Err(_) => return false,
-            },
-            Some(at) => match self.ctx.rx.recv_deadline(at) {
-                Ok(e) => Some(e),
-                Err(flume::RecvTimeoutError::Timeout) => None,
-                Err(flume::RecvTimeoutError::Disconnected) => return false,
-            },
-        };
-        if let Some(event) = event {
-            self.handle(event);
+        // The worker's sockets run (and dispatch their events) while it waits.
+        match self.ctx.event_loop.next_event(&self.ctx.rx, wake) {
+            Ok(Some(event)) => self.handle(event),
+            Ok(None) => {}
+            Err(_) => return false,
         }
         self.run_due_timers();
         self.finish_stopped_servers();
         self.check_state_memory();
         true
+    }
+
+    /// Handles an event of one of the worker's own sockets, on the loop, as it arises.
+    fn dispatch_now(&self, event: Event) {
+        self.handle(event);
+        self.finish_stopped_servers();
+        self.check_state_memory();
+        if !self.ctx.registry.borrow().alive() {
+            // Nothing left: the loop's wait ends, and with it the worker.
+            self.ctx.event_loop.wake();
+        }
     }
 
     /// Measures what the scripts' objects hold once callbacks have kept a quarter of the
