@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use crate::watch::Watcher;
 
-use rhai::{AST, Engine};
+use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, NativeCallContext, Scope};
+
+use super::state::Ctx;
 
 use super::error::{ScriptError, Sources, display_name};
 
@@ -342,4 +344,116 @@ pub fn referenced_classes(text: &str) -> Vec<String> {
         }
     }
     names
+}
+
+// ---------------------------------------------------------------------------------------
+// `cs` in scripts: `cs.Name` is the class in `Name.rhai`, `cs.Name.new(…)` an instance.
+
+type Res<T> = Result<T, Box<rhai::EvalAltResult>>;
+
+/// The global `cs`: `cs.Name` is a class.
+#[derive(Clone)]
+pub struct ClassStoreRef;
+
+/// `cs.Name`: `cs.Name.new(…)` makes an instance.
+#[derive(Clone)]
+pub struct ClassRef {
+    class: Rc<Script>,
+}
+pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
+    engine.register_type_with_name::<ClassStoreRef>("ClassStore");
+    engine.register_type_with_name::<ClassRef>("Class");
+    let c = ctx.clone();
+    engine.register_indexer_get(
+        move |ncc: NativeCallContext, _: &mut ClassStoreRef, name: &str| -> Res<ClassRef> {
+            let class = c
+                .classes
+                .borrow_mut()
+                .load(
+                    ncc.engine(),
+                    name,
+                    ncc.call_source(),
+                    &mut c.sources.borrow_mut(),
+                )
+                .map_err(|e| format!("cs.{name}: {e}"))?;
+            Ok(ClassRef { class })
+        },
+    );
+    engine.register_get("name", |c: &mut ClassRef| ref_name(c));
+    engine.register_fn("to_string", |c: &mut ClassRef| {
+        format!("cs.{}", ref_name(c))
+    });
+    // `cs.Name.new(…)` with up to five constructor arguments.
+    engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
+        instantiate(&ncc, c, vec![])
+    });
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic| instantiate(&ncc, c, vec![a]),
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic| {
+            instantiate(&ncc, c, vec![a, b])
+        },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic, d: Dynamic| {
+            instantiate(&ncc, c, vec![a, b, d])
+        },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext,
+         c: &mut ClassRef,
+         a: Dynamic,
+         b: Dynamic,
+         d: Dynamic,
+         e: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e]) },
+    );
+    engine.register_fn(
+        "new",
+        |ncc: NativeCallContext,
+         c: &mut ClassRef,
+         a: Dynamic,
+         b: Dynamic,
+         d: Dynamic,
+         e: Dynamic,
+         f: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e, f]) },
+    );
+}
+
+fn ref_name(c: &ClassRef) -> String {
+    c.class.class.clone().unwrap_or_default()
+}
+
+/// A new instance of a class: an object map naming its class, built by `constructor`.
+fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
+    let class = &c.class;
+    let name = ref_name(c);
+    let mut map = Map::new();
+    map.insert(CLASS_KEY.into(), name.clone().into());
+    let mut this = Dynamic::from_map(map).into_shared();
+    if let Some(n) = class.params("constructor") {
+        if args.len() > n {
+            return Err(format!(
+                "cs.{name}.new: the constructor takes {n} argument(s), got {}",
+                args.len()
+            )
+            .into());
+        }
+        args.resize(n, Dynamic::UNIT);
+        let options = CallFnOptions::new()
+            .eval_ast(false)
+            .bind_this_ptr(&mut this);
+        let _ = ncc.engine().call_fn_with_options::<Dynamic>(
+            options,
+            &mut Scope::new(),
+            &class.ast,
+            "constructor",
+            args,
+        )?;
+    }
+    Ok(this)
 }

@@ -8,6 +8,10 @@
 //! let go: its connection is closed (1008) or its server stopped, which frees what it held.
 
 use rhai::{Array, Blob, Dynamic, FnPtr, Map};
+use std::time::Instant;
+
+use super::dispatch::{Dispatch, error_event};
+use crate::event::{ConnId, ErrorKind, ServerId};
 
 /// Bytes that `value` holds, estimated: strings, arrays, blobs and maps and what they hold,
 /// and the values a closure captured. Shared values are followed; depth is capped (a value
@@ -45,4 +49,78 @@ fn size(value: &Dynamic, depth: usize) -> usize {
         return SLOT + f.iter_curry().map(|v| size(v, depth + 1)).sum::<usize>();
     }
     SLOT
+}
+
+impl Dispatch<'_> {
+    /// Measures what the scripts' objects hold once callbacks have kept a quarter of the
+    /// limit since the last time; over the limit, lets go of the biggest holder.
+    pub(super) fn check_state_memory(&self) {
+        let limit = self.ctx.budget.max_state as i64;
+        // Allocation counts drift (buffers change threads), so time is a trigger too: at most
+        // once a second while callbacks run, the cost of a measurement is amortized.
+        let grew = self.ctx.growth.get() >= (limit / 4).clamp(1 << 20, 64 << 20);
+        let due = self.ctx.callbacks_since.get() > 0
+            && self.ctx.measured_at.get().elapsed() >= std::time::Duration::from_secs(1);
+        if !grew && !due {
+            return;
+        }
+        self.ctx.growth.set(0);
+        self.ctx.callbacks_since.set(0);
+        self.ctx.measured_at.set(Instant::now());
+        let (total, biggest) = {
+            let reg = self.ctx.registry.borrow();
+            let servers = reg
+                .servers
+                .iter()
+                .map(|(id, s)| (super::memory::estimate(&s.handler), Holder::Server(*id)));
+            let conns = reg
+                .conns
+                .iter()
+                .map(|(id, c)| (super::memory::estimate(&c.handler), Holder::Conn(*id)));
+            let all: Vec<(usize, Holder)> = servers.chain(conns).collect();
+            let total: usize = all.iter().map(|(n, _)| n).sum();
+            (total, all.into_iter().max_by_key(|(n, _)| *n))
+        };
+        tracing::debug!("script state: about {} KiB", total >> 10);
+        if total as i64 <= limit {
+            return;
+        }
+        let Some((held, holder)) = biggest else {
+            return;
+        };
+        let message = format!(
+            "the script's objects hold about {} MiB, over the limit of {} MiB: the biggest \
+             holder ({} MiB) is let go",
+            total >> 20,
+            limit >> 20,
+            held >> 20
+        );
+        tracing::error!("{message}");
+        let event = || error_event(ErrorKind::Memory, &message, None);
+        match holder {
+            Holder::Conn(id) => {
+                self.call_conn(id, "onError", event());
+                let handle = self
+                    .ctx
+                    .registry
+                    .borrow()
+                    .conns
+                    .get(&id)
+                    .map(|c| c.handle.clone());
+                if let Some(h) = handle {
+                    h.close(1008, "script state over the memory limit".into());
+                }
+            }
+            Holder::Server(id) => {
+                self.call_server(id, "onError", event());
+                self.ctx.terminate_server(id);
+            }
+        }
+    }
+}
+
+/// What holds script memory: a server handler or a connection handler.
+enum Holder {
+    Server(ServerId),
+    Conn(ConnId),
 }

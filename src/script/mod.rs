@@ -6,12 +6,18 @@
 mod api;
 pub mod check;
 mod classes;
+mod client;
+mod connection;
 mod convert;
+mod dispatch;
 mod engine;
 mod error;
 mod memory;
+mod reload;
+mod server;
 mod state;
 mod testing;
+mod timers;
 mod worker;
 
 pub use check::compile_only;

@@ -3,17 +3,17 @@
 //! functions scripts call.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, FnPtr};
+use rhai::Dynamic;
 
 use super::classes::ClassStore;
 use super::convert::DataType;
 use super::engine::{Budget, Deadline};
 use super::error::Sources;
+use super::timers::Timers;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
 use crate::event_loop::{EventLoop, Events};
 use crate::net::Network;
@@ -87,81 +87,6 @@ pub struct ConnEntry {
     pub data_type: DataType,
     /// `onOpen` was delivered.
     pub opened: bool,
-}
-
-/// A `setTimeout` / `setInterval` callback.
-pub struct Timer {
-    pub callback: FnPtr,
-    pub every: Option<Duration>,
-    pub home: Option<String>,
-}
-
-/// Pending timers, by due time (ties in creation order).
-#[derive(Default)]
-pub struct Timers {
-    next_id: i64,
-    queue: BTreeMap<(Instant, i64), Timer>,
-    due: HashMap<i64, Instant>,
-    /// The timer whose callback runs now, and whether that callback cleared it.
-    running: Option<(i64, bool)>,
-}
-
-impl Timers {
-    pub fn add(&mut self, after: Duration, timer: Timer) -> i64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.insert(id, Instant::now() + after, timer);
-        id
-    }
-
-    pub fn insert(&mut self, id: i64, at: Instant, timer: Timer) {
-        self.queue.insert((at, id), timer);
-        self.due.insert(id, at);
-    }
-
-    pub fn cancel(&mut self, id: i64) {
-        if let Some((running, cleared)) = &mut self.running
-            && *running == id
-        {
-            *cleared = true;
-        }
-        if let Some(at) = self.due.remove(&id) {
-            self.queue.remove(&(at, id));
-        }
-    }
-
-    pub fn next_due(&self) -> Option<Instant> {
-        self.queue.keys().next().map(|(at, _)| *at)
-    }
-
-    /// Takes the earliest timer if it is due.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(i64, Timer)> {
-        let (&(at, id), _) = self.queue.iter().next()?;
-        if at > now {
-            return None;
-        }
-        self.due.remove(&id);
-        self.queue.remove(&(at, id)).map(|t| (id, t))
-    }
-
-    /// Marks timer `id` as running its callback (None when it is done).
-    pub fn set_running(&mut self, id: Option<i64>) {
-        self.running = id.map(|id| (id, false));
-    }
-
-    /// True if the running timer's callback cleared it.
-    pub fn running_cleared(&self) -> bool {
-        self.running.is_some_and(|(_, cleared)| cleared)
-    }
-
-    pub fn clear(&mut self) {
-        self.queue.clear();
-        self.due.clear();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 #[derive(Default)]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Scope};
 
+use super::dispatch::Dispatch;
 use super::state::Ctx;
-use super::worker::Dispatch;
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 

@@ -1,0 +1,544 @@
+//! Turns events into callbacks: one event (a connection asked for, opened, a message, an
+//! error, a close) becomes one call of the handler's callback, with `this` bound to the
+//! handler. A failing callback is logged with file:line:col and handed to `onError`; the
+//! worker goes on. Also the wait for the next event, which runs the worker's sockets.
+//!
+//! It owns the order of a connection's events (SPEC 7), not what the objects are: the
+//! registry holds those, and the API files say what scripts can do with them.
+
+use std::time::Instant;
+
+use rhai::{CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
+
+use super::api::{has_callback, share_handler};
+use super::classes::class_name;
+use super::connection::conn_value;
+use super::convert::{DataType, payload_to_data};
+use super::error::ScriptError;
+use super::server::ServerObj;
+use super::state::{ConnEntry, Ctx, Side};
+use crate::event::{ConnId, ConnectionHandle, ErrorKind, Event, Request, ServerId, Verdict};
+use crate::payload::Payload;
+
+/// Turns events into callbacks. Borrowed from the worker, or built inside a native function
+/// (`wait_until` in tests) to keep dispatching while a script waits.
+pub struct Dispatch<'a> {
+    pub engine: &'a Engine,
+    pub ctx: &'a Ctx,
+}
+
+impl Dispatch<'_> {
+    pub fn event_loop(&self) {
+        while self.ctx.registry.borrow().alive() && self.step(None) {}
+    }
+
+    /// Waits for one event (or a due timer), at most until `until`, and handles it.
+    /// False if the queue is closed.
+    pub fn step(&self, until: Option<Instant>) -> bool {
+        // A server stopped since the last step may be done already: no need to wait.
+        self.finish_stopped_servers();
+        if !self.ctx.registry.borrow().alive() && until.is_none() {
+            return true;
+        }
+        let next_timer = self.ctx.registry.borrow().timers.next_due();
+        let wake = match (next_timer, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The worker's sockets run (and dispatch their events) while it waits.
+        match self.ctx.event_loop.next_event(&self.ctx.rx, wake) {
+            Ok(Some(event)) => self.handle(event),
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        self.run_due_timers();
+        self.finish_stopped_servers();
+        self.check_state_memory();
+        true
+    }
+
+    /// Handles an event of one of the worker's own sockets, on the loop, as it arises.
+    pub(super) fn dispatch_now(&self, event: Event) {
+        self.handle(event);
+        self.finish_stopped_servers();
+        self.check_state_memory();
+        if !self.ctx.registry.borrow().alive() {
+            // Nothing left: the loop's wait ends, and with it the worker.
+            self.ctx.event_loop.wake();
+        }
+    }
+
+    pub fn handle(&self, event: Event) {
+        match event {
+            Event::Connect {
+                server,
+                conn,
+                request,
+                reply,
+            } => self.on_connect(server, conn, request, reply),
+            Event::Open { conn } => {
+                let found = {
+                    let mut reg = self.ctx.registry.borrow_mut();
+                    let reg = &mut *reg;
+                    match reg.conns.get_mut(&conn) {
+                        Some(e) => {
+                            e.opened = true;
+                            // Listed in `wss.connections` on every worker from now on.
+                            if let Side::Server(s) = e.side
+                                && let Some(shared) =
+                                    reg.servers.get(&s).and_then(|s| s.shared.as_ref())
+                            {
+                                shared.write().unwrap().insert(conn, e.handle.clone());
+                            }
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if found {
+                    self.call_conn(conn, "onOpen", event_map("open"));
+                }
+            }
+            Event::Message { conn, payload } => self.on_message(conn, payload),
+            Event::Error {
+                conn,
+                kind,
+                message,
+            } => {
+                tracing::info!("connection {conn}: {message}");
+                // A client's handler hears of a failed connect too; a server's only of
+                // connections it saw open.
+                let reported = self
+                    .ctx
+                    .registry
+                    .borrow()
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|e| e.opened || matches!(e.side, Side::Client { .. }));
+                if reported {
+                    self.call_conn(conn, "onError", error_event(kind, &message, None));
+                }
+            }
+            Event::Closed {
+                conn,
+                code,
+                reason,
+                clean,
+            } => self.on_closed(conn, code, reason, clean),
+            Event::Listening { server } => self.call_server(server, "onOpen", event_map("open")),
+            Event::ListenFailed { server, message } => {
+                tracing::error!("{message}");
+                self.call_server(
+                    server,
+                    "onError",
+                    error_event(ErrorKind::Listen, &message, None),
+                );
+            }
+            Event::Shutdown => self.shutdown(),
+            Event::Reload { files } => {
+                if !self.ctx.shutting_down.get() {
+                    for file in files {
+                        self.reload(&file);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every server and client (each open connection gets 1001) and drops the timers;
+    /// the loop ends when all are gone.
+    pub fn shutdown(&self) {
+        if self.ctx.shutting_down.replace(true) {
+            return;
+        }
+        let (servers, clients): (Vec<ServerId>, Vec<ConnectionHandle>) = {
+            let mut reg = self.ctx.registry.borrow_mut();
+            reg.timers.clear();
+            let clients = reg
+                .conns
+                .values()
+                .filter(|c| matches!(c.side, Side::Client { .. }))
+                .map(|c| c.handle.clone())
+                .collect();
+            (reg.servers.keys().copied().collect(), clients)
+        };
+        for id in servers {
+            self.ctx.terminate_server(id);
+        }
+        for client in clients {
+            client.close(1001, "going away".into());
+        }
+    }
+
+    pub fn on_connect(
+        &self,
+        server: ServerId,
+        conn: ConnectionHandle,
+        request: Request,
+        reply: tokio::sync::oneshot::Sender<Verdict>,
+    ) {
+        let found = match self.ctx.registry.borrow().servers.get(&server) {
+            Some(s) if s.open_count() >= s.max_connections => {
+                tracing::warn!(
+                    "server {server}: refused a connection: maxConnections ({}) reached",
+                    s.max_connections
+                );
+                None
+            }
+            Some(s) if !s.terminated && !self.ctx.shutting_down.get() => {
+                Some((s.handler.clone(), s.home.clone()))
+            }
+            _ => None,
+        };
+        let Some((handler, home)) = found else {
+            let _ = reply.send(Verdict::Refuse(503));
+            return;
+        };
+        // Functions named in the connection handler belong to the code that made it: the
+        // server handler's class file, else the file that created the server.
+        let conn_home = self.class_file(&handler).or(home.clone());
+        let wss = Dynamic::from(ServerObj { id: server });
+        let mut event = event_map("connection");
+        event.insert("request".into(), request_map(request).into());
+        let answer = self.invoke(
+            &handler,
+            home.as_deref(),
+            "onConnection",
+            vec![wss, event.into()],
+        );
+        let verdict = match answer {
+            None => {
+                let err = ScriptError::plain(
+                    &self.ctx.entry_name,
+                    "the server handler has no onConnection",
+                );
+                self.server_error(server, err);
+                Verdict::Refuse(500)
+            }
+            Some(Ok(h)) if h.is_unit() => Verdict::Refuse(403),
+            Some(Ok(h)) => match self.accept(server, &conn, h, conn_home) {
+                Ok(()) => Verdict::Accept,
+                Err(e) => {
+                    self.server_error(server, e);
+                    Verdict::Refuse(500)
+                }
+            },
+            Some(Err(e)) => {
+                self.server_error(server, e);
+                Verdict::Refuse(500)
+            }
+        };
+        let accepted = matches!(verdict, Verdict::Accept);
+        if reply.send(verdict).is_err() && accepted {
+            // The handshake timed out meanwhile: the connection will never open.
+            let mut reg = self.ctx.registry.borrow_mut();
+            reg.conns.remove(&conn.id());
+            if let Some(s) = reg.servers.get_mut(&server) {
+                s.conns.remove(&conn.id());
+            }
+        }
+    }
+
+    /// Records an accepted connection with the handler `onConnection` returned.
+    pub fn accept(
+        &self,
+        server: ServerId,
+        conn: &ConnectionHandle,
+        handler: Dynamic,
+        home: Option<String>,
+    ) -> Result<(), ScriptError> {
+        let handler = share_handler(handler, "onConnection")
+            .map_err(|e| ScriptError::plain(&self.ctx.entry_name, e.to_string()))?;
+        if !has_callback(self.ctx, &handler, "onMessage") {
+            return Err(ScriptError::plain(
+                &self.ctx.entry_name,
+                "the connection handler returned by onConnection has no onMessage",
+            ));
+        }
+        let mut reg = self.ctx.registry.borrow_mut();
+        let data_type = reg
+            .servers
+            .get(&server)
+            .map(|s| s.data_type)
+            .unwrap_or(DataType::Text);
+        reg.conns.insert(
+            conn.id(),
+            ConnEntry {
+                handle: conn.clone(),
+                side: Side::Server(server),
+                handler,
+                home,
+                data_type,
+                opened: false,
+            },
+        );
+        if let Some(s) = reg.servers.get_mut(&server) {
+            s.conns.insert(conn.id());
+        }
+        Ok(())
+    }
+
+    pub fn on_message(&self, conn: ConnId, payload: Payload) {
+        let (handle, data_type) = {
+            let reg = self.ctx.registry.borrow();
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
+            (entry.handle.clone(), entry.data_type)
+        };
+        match payload_to_data(payload, data_type) {
+            Ok(data) => {
+                let mut event = event_map("message");
+                event.insert("data".into(), data);
+                self.call_conn(conn, "onMessage", event);
+            }
+            Err(bad) => {
+                let message = format!("invalid JSON: {}", bad.error);
+                tracing::info!("connection {conn}: {message}");
+                let event = error_event(ErrorKind::Json, &message, Some(bad.text.into()));
+                self.call_conn(conn, "onError", event);
+            }
+        }
+        handle.message_done();
+    }
+
+    pub fn on_closed(&self, conn: ConnId, code: u16, reason: String, clean: bool) {
+        let (report, client) = {
+            let mut reg = self.ctx.registry.borrow_mut();
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
+            let client = matches!(entry.side, Side::Client { .. });
+            let report = entry.opened || client;
+            // Scripts see `Closed` from onTerminate on, not before: the socket may be gone
+            // earlier, but events queued before this one still see the connection closing.
+            entry.handle.set_status(crate::event::Status::Closed);
+            // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
+            if let Side::Server(server) = entry.side
+                && let Some(s) = reg.servers.get_mut(&server)
+            {
+                s.conns.remove(&conn);
+                if let Some(shared) = &s.shared {
+                    shared.write().unwrap().remove(&conn);
+                }
+            }
+            if !report {
+                reg.conns.remove(&conn);
+            }
+            (report, client)
+        };
+        if report {
+            let mut event = event_map("terminate");
+            event.insert("code".into(), (code as i64).into());
+            event.insert("reason".into(), reason.into());
+            if client {
+                event.insert("wasClean".into(), clean.into());
+            }
+            self.call_conn(conn, "onTerminate", event);
+            self.ctx.registry.borrow_mut().conns.remove(&conn);
+        }
+    }
+
+    /// Runs `onTerminate` of servers that were stopped and have no connection left.
+    pub fn finish_stopped_servers(&self) {
+        let done: Vec<ServerId> = self
+            .ctx
+            .registry
+            .borrow()
+            .servers
+            .iter()
+            .filter(|(_, s)| s.terminated && s.conns.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.call_server(id, "onTerminate", event_map("terminate"));
+            self.ctx.registry.borrow_mut().servers.remove(&id);
+        }
+    }
+
+    /// Calls connection callback `name`; a failure is logged and goes to `onError`.
+    pub fn call_conn(&self, conn: ConnId, name: &str, event: Map) {
+        let (handler, home, ws) = {
+            let reg = self.ctx.registry.borrow();
+            let Some(entry) = reg.conns.get(&conn) else {
+                return;
+            };
+            (entry.handler.clone(), entry.home.clone(), conn_value(entry))
+        };
+        let home = home.as_deref();
+        let args = vec![ws.clone(), event.into()];
+        let Some(Err(err)) = self.invoke(&handler, home, name, args) else {
+            return;
+        };
+        tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
+        if name != "onError" {
+            let event = error_event(err.kind(), &err.to_string(), None);
+            if let Some(Err(e2)) = self.invoke(&handler, home, "onError", vec![ws, event.into()]) {
+                tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
+            }
+        }
+    }
+
+    /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
+    pub fn call_server(&self, server: ServerId, name: &str, event: Map) {
+        let Some((handler, home)) = self.server_handler(server) else {
+            return;
+        };
+        let wss = Dynamic::from(ServerObj { id: server });
+        if let Some(Err(err)) =
+            self.invoke(&handler, home.as_deref(), name, vec![wss, event.into()])
+        {
+            tracing::error!("{err} (server {server}, {name}){}", err.snippet());
+            if name != "onError" {
+                self.report_to_server(server, &err);
+            }
+        }
+    }
+
+    pub fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<String>)> {
+        self.ctx
+            .registry
+            .borrow()
+            .servers
+            .get(&server)
+            .map(|s| (s.handler.clone(), s.home.clone()))
+    }
+
+    /// Logs a failure of the server's `onConnection` and hands it to its `onError`.
+    pub fn server_error(&self, server: ServerId, err: ScriptError) {
+        tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
+        self.report_to_server(server, &err);
+    }
+
+    pub fn report_to_server(&self, server: ServerId, err: &ScriptError) {
+        let Some((handler, home)) = self.server_handler(server) else {
+            return;
+        };
+        let event = error_event(err.kind(), &err.to_string(), None);
+        let wss = Dynamic::from(ServerObj { id: server });
+        if let Some(Err(e2)) = self.invoke(
+            &handler,
+            home.as_deref(),
+            "onError",
+            vec![wss, event.into()],
+        ) {
+            tracing::error!("{e2} (server {server}, onError){}", e2.snippet());
+        }
+    }
+
+    /// The class file of a class instance.
+    pub fn class_file(&self, handler: &Dynamic) -> Option<String> {
+        let class = class_name(&*handler.read_lock::<Map>()?)?;
+        self.ctx
+            .classes
+            .borrow()
+            .class(&class)
+            .map(|c| c.file.clone())
+    }
+
+    /// Calls callback `name` of `handler` with `this` bound to it. None if it has no such
+    /// callback: a function property (inline handler) or a method of its class. Functions
+    /// named in an inline handler are looked up in `home` (the file that made the handler).
+    pub fn invoke(
+        &self,
+        handler: &Dynamic,
+        home: Option<&str>,
+        name: &str,
+        mut args: Vec<Dynamic>,
+    ) -> Option<Result<Dynamic, ScriptError>> {
+        let (fn_ptr, class) = {
+            let map = handler.read_lock::<Map>()?;
+            let fn_ptr = map
+                .get(name)
+                .and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
+            let class = class_name(&map).and_then(|c| self.ctx.classes.borrow().class(&c));
+            (fn_ptr, class)
+        };
+        let script = match (&fn_ptr, class) {
+            (_, Some(class)) => class,
+            (Some(_), None) => self.ctx.classes.borrow().file_or_entry(home)?,
+            (None, None) => return None,
+        };
+        let mut this = handler.clone();
+        let result = match fn_ptr {
+            Some(f) => {
+                self.ctx.deadline.start(&self.ctx.budget);
+                f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
+            }
+            None => {
+                let params = script.params(name)?;
+                args.resize(params, Dynamic::UNIT);
+                let options = CallFnOptions::new()
+                    .eval_ast(false)
+                    .bind_this_ptr(&mut this);
+                self.ctx.deadline.start(&self.ctx.budget);
+                self.engine.call_fn_with_options::<Dynamic>(
+                    options,
+                    &mut Scope::new(),
+                    &script.ast,
+                    name,
+                    args,
+                )
+            }
+        };
+        let kept = self.ctx.deadline.clear();
+        self.ctx.growth.set(self.ctx.growth.get() + kept);
+        self.ctx
+            .callbacks_since
+            .set(self.ctx.callbacks_since.get() + 1);
+        let sources = self.ctx.sources.borrow();
+        Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
+    }
+}
+
+pub(super) fn event_map(kind: &str) -> Map {
+    let mut m = Map::new();
+    m.insert("type".into(), kind.into());
+    m
+}
+
+/// `#{type: "error", errors: [#{errCode, message, componentSignature}]}`; `data` carries the
+/// offending message when there is one (invalid JSON).
+pub(super) fn error_event(kind: ErrorKind, message: &str, data: Option<Dynamic>) -> Map {
+    let mut err = Map::new();
+    err.insert("errCode".into(), (kind as i64).into());
+    err.insert("message".into(), message.into());
+    err.insert("componentSignature".into(), kind.component().into());
+    if let Some(d) = data {
+        err.insert("data".into(), d);
+    }
+    let mut m = event_map("error");
+    m.insert("errors".into(), Dynamic::from_array(vec![err.into()]));
+    m
+}
+
+/// `request` of a connection event: url, headers by lower-case name (an array when a name
+/// repeats), decoded query (likewise), remoteAddress.
+fn request_map(request: Request) -> Map {
+    let mut m = Map::new();
+    m.insert("url".into(), request.url.into());
+    m.insert("headers".into(), multi_map(request.headers).into());
+    m.insert("query".into(), multi_map(request.query).into());
+    m.insert("remoteAddress".into(), request.remote_address.into());
+    m
+}
+
+fn multi_map(pairs: Vec<(String, String)>) -> Map {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        match m.get_mut(k.as_str()) {
+            None => {
+                m.insert(k.into(), v.into());
+            }
+            Some(existing) => {
+                if let Some(mut arr) = existing.write_lock::<rhai::Array>() {
+                    arr.push(v.into());
+                    continue;
+                }
+                let first = std::mem::take(existing);
+                *existing = Dynamic::from_array(vec![first, v.into()]);
+            }
+        }
+    }
+    m
+}

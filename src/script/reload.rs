@@ -1,0 +1,209 @@
+//! Every hot-reload rule (SPEC 7; the README states them): a class file that compiles anew
+//! gives every instance its new methods on the next callback and keeps their state; the entry
+//! script's top level runs again, and a server it makes with the host, port and path of a
+//! running one adopts it; what the old top level made and the new one does not is stopped and
+//! named in the log; a file that does not compile changes nothing.
+
+use std::time::Instant;
+
+use rhai::{AST, Dynamic, FnPtr, Map, NativeCallContext, Scope};
+
+use super::classes::{CLASS_KEY, Reloaded, class_name};
+use super::dispatch::{Dispatch, event_map};
+use super::error::{ScriptError, display_name};
+use super::server::ServerOptions;
+use super::state::Ctx;
+use crate::event::ServerId;
+
+impl Dispatch<'_> {
+    /// Hot reload of one changed file (SPEC section 7; the rules are in the README).
+    pub(super) fn reload(&self, path: &std::path::Path) {
+        let started = Instant::now();
+        let result = self.ctx.classes.borrow_mut().reload(
+            self.engine,
+            path,
+            &mut self.ctx.sources.borrow_mut(),
+        );
+        let file = display_name(path);
+        let ms = || started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(Reloaded::Unchanged) => tracing::debug!("{file}: saved without changes"),
+            Ok(Reloaded::Empty) => {
+                tracing::warn!("{file} is empty: the old code keeps running until it has content")
+            }
+            Ok(Reloaded::Class { name, removed }) => {
+                tracing::info!("reloaded {file} (class {name}) in {:.2} ms", ms());
+                self.report_removed(&file, &removed);
+                self.call_on_reload(&file);
+            }
+            Ok(Reloaded::Script) => {
+                tracing::info!(
+                    "reloaded {file} in {:.2} ms (its top level is not run again)",
+                    ms()
+                );
+                self.call_on_reload(&file);
+            }
+            Ok(Reloaded::Entry(ast)) => {
+                self.rerun_top_level(&file, &ast);
+                tracing::info!("reloaded {file} (top level run again) in {:.2} ms", ms());
+                self.call_on_reload(&file);
+            }
+            Err(e) => tracing::error!(
+                "{e} (reload failed: the old code keeps running){}",
+                e.snippet()
+            ),
+        }
+    }
+
+    fn report_removed(&self, file: &str, removed: &[String]) {
+        for f in removed {
+            if f.starts_with("on") {
+                tracing::warn!(
+                    "{file}: {f} was removed: handlers from this file skip it from now on"
+                );
+            } else {
+                tracing::info!("{file}: {f} was removed");
+            }
+        }
+    }
+
+    /// Calls `onReload(event)` on every handler whose code is in `file` (its class file, or
+    /// the file that made an inline handler).
+    fn call_on_reload(&self, file: &str) {
+        let targets: Vec<(Dynamic, Option<String>)> = {
+            let reg = self.ctx.registry.borrow();
+            let servers = reg
+                .servers
+                .values()
+                .map(|s| (s.handler.clone(), s.home.clone()));
+            let conns = reg
+                .conns
+                .values()
+                .map(|c| (c.handler.clone(), c.home.clone()));
+            servers
+                .chain(conns)
+                .filter(|(h, home)| {
+                    self.class_file(h).or_else(|| home.clone()).as_deref() == Some(file)
+                })
+                .collect()
+        };
+        let mut event = event_map("reload");
+        event.insert("file".into(), file.into());
+        for (handler, home) in targets {
+            if let Some(Err(e)) = self.invoke(
+                &handler,
+                home.as_deref(),
+                "onReload",
+                vec![event.clone().into()],
+            ) {
+                tracing::error!("{e} (onReload){}", e.snippet());
+            }
+        }
+    }
+
+    /// Runs the entry script's top level again. Servers it creates with the host, port and
+    /// path of a running one adopt that server; what the previous run made and this one does
+    /// not make again is stopped, each named in the log.
+    fn rerun_top_level(&self, file: &str, ast: &AST) {
+        let previous = std::mem::take(&mut *self.ctx.top_level.borrow_mut());
+        *self.ctx.adoptable.borrow_mut() = previous.servers.clone();
+        {
+            let mut reg = self.ctx.registry.borrow_mut();
+            for id in &previous.timers {
+                reg.timers.cancel(*id);
+            }
+            for id in &previous.clients {
+                if let Some(c) = reg.conns.get(id) {
+                    tracing::info!("reload: closing client {id} made by the old top level");
+                    c.handle.close(1001, "script reloaded".into());
+                }
+            }
+        }
+        self.ctx.reloading.set(true);
+        self.ctx.deadline.start(&self.ctx.budget);
+        let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+        self.ctx.deadline.clear();
+        self.ctx.reloading.set(false);
+        let left = std::mem::take(&mut *self.ctx.adoptable.borrow_mut());
+        match result {
+            Ok(_) => {
+                for id in left {
+                    tracing::warn!("reload: {file} no longer creates server {id}: stopping it");
+                    self.ctx.terminate_server(id);
+                }
+            }
+            Err(e) => {
+                let err = ScriptError::from_eval(e.as_ref(), file, &self.ctx.sources.borrow());
+                tracing::error!(
+                    "{err} (top level after reload; servers it did not reach keep running){}",
+                    err.snippet()
+                );
+                self.ctx.top_level.borrow_mut().servers.extend(left);
+            }
+        }
+    }
+}
+
+/// During a re-run of the entry script's top level: the running server with the same host,
+/// port and path takes the new handler (keeping its listener, connections and state).
+pub(super) fn adopt_server(
+    ctx: &Ctx,
+    ncc: &NativeCallContext,
+    handler: &Dynamic,
+    opts: &ServerOptions,
+) -> Option<ServerId> {
+    if !ctx.reloading.get() {
+        return None;
+    }
+    let mut reg = ctx.registry.borrow_mut();
+    let mut adoptable = ctx.adoptable.borrow_mut();
+    let pos = adoptable.iter().position(|id| {
+        reg.servers.get(id).is_some_and(|s| {
+            !s.terminated
+                && s.host == opts.host
+                && s.requested_port == opts.port
+                && s.path == opts.path
+        })
+    })?;
+    let id = adoptable.remove(pos);
+    let server = reg.servers.get_mut(&id)?;
+    keep_state(&server.handler, handler);
+    server.home = ncc.call_source().map(str::to_string);
+    server.data_type = opts.data_type;
+    server.max_connections = opts.max_connections;
+    let conns = server.conns.len();
+    ctx.top_level.borrow_mut().servers.push(id);
+    tracing::info!(
+        "reload: kept the server on {}:{}{} with its {conns} connection(s)",
+        server.host,
+        server.port,
+        server.path.as_deref().unwrap_or("/")
+    );
+    Some(id)
+}
+
+/// Gives a running handler the callbacks of its new version and keeps its state: an instance
+/// of the same class stays as is (its class file brings the new code); an object map takes
+/// the new map's properties, but data it already had (non-function properties) is kept.
+fn keep_state(old: &Dynamic, new: &Dynamic) {
+    let class_of = |d: &Dynamic| d.read_lock::<Map>().and_then(|m| class_name(&m));
+    let (old_class, new_class) = (class_of(old), class_of(new));
+    if old_class.is_some() && old_class == new_class {
+        return;
+    }
+    let Some(mut merged) = new.read_lock::<Map>().map(|m| m.clone()) else {
+        return;
+    };
+    if let Some(old_map) = old.read_lock::<Map>() {
+        for (k, v) in old_map.iter() {
+            if !v.is::<FnPtr>() && k.as_str() != CLASS_KEY {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    // `old` is shared: writing through a clone changes the one object everybody holds.
+    let mut shared = old.clone();
+    if let Some(mut target) = shared.write_lock::<Map>() {
+        *target = merged;
+    }
+}
