@@ -26,7 +26,7 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     let args: Array = args.iter().map(|a| Dynamic::from(a.clone())).collect();
     globals.set_var("ARGS", args);
     // Which worker runs this copy of the script (0 unless `--workers N`).
-    globals.set_var("WORKER_ID", ctx.worker_index as i64);
+    globals.set_var("WORKER_ID", ctx.top_level.worker() as i64);
     engine.register_global_module(globals.into());
 
     super::server::register(engine, ctx);

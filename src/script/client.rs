@@ -169,9 +169,7 @@ fn new_client(
     let config = ctx.net.config();
     let port = ConnectionHandle::channel(Status::Connecting, config);
     let handle = port.handle.clone();
-    if ctx.in_top_level() {
-        ctx.top_level.borrow_mut().clients.push(handle.id());
-    }
+    ctx.top_level.made_client(handle.id());
     ctx.registry.borrow_mut().conns.insert(
         handle.id(),
         super::state::ConnEntry {

@@ -482,10 +482,7 @@ impl Dispatch<'_> {
             }
         };
         let kept = self.ctx.deadline.clear();
-        self.ctx.growth.set(self.ctx.growth.get() + kept);
-        self.ctx
-            .callbacks_since
-            .set(self.ctx.callbacks_since.get() + 1);
+        self.ctx.memory.callback_kept(kept);
         let sources = self.ctx.sources.borrow();
         Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
     }

@@ -8,6 +8,7 @@
 //! let go: its connection is closed (1008) or its server stopped, which frees what it held.
 
 use rhai::{Array, Blob, Dynamic, FnPtr, Map};
+use std::cell::Cell;
 use std::time::Instant;
 
 use super::dispatch::{Dispatch, error_event};
@@ -51,6 +52,49 @@ fn size(value: &Dynamic, depth: usize) -> usize {
     SLOT
 }
 
+/// When to measure: callbacks have kept a quarter of the limit since the last measurement,
+/// or a second has passed with callbacks run (allocation counts drift as buffers change
+/// threads, so time is a trigger too; at most once a second the cost is amortized).
+pub struct MemoryWatch {
+    /// Bytes callbacks allocated and kept since the last measurement.
+    growth: Cell<i64>,
+    /// Callbacks run since then, and when that was.
+    callbacks: Cell<u64>,
+    measured_at: Cell<Instant>,
+}
+
+impl Default for MemoryWatch {
+    fn default() -> Self {
+        Self {
+            growth: Cell::new(0),
+            callbacks: Cell::new(0),
+            measured_at: Cell::new(Instant::now()),
+        }
+    }
+}
+
+impl MemoryWatch {
+    /// A callback ended having kept `bytes`.
+    pub fn callback_kept(&self, bytes: i64) {
+        self.growth.set(self.growth.get() + bytes);
+        self.callbacks.set(self.callbacks.get() + 1);
+    }
+
+    /// True (and the count starts again) when the state is to be measured against `limit`.
+    fn due(&self, limit: i64) -> bool {
+        let grew = self.growth.get() >= (limit / 4).clamp(1 << 20, 64 << 20);
+        let due = self.callbacks.get() > 0
+            && self.measured_at.get().elapsed() >= std::time::Duration::from_secs(1);
+        if !grew && !due {
+            return false;
+        }
+        self.growth.set(0);
+        self.callbacks.set(0);
+        self.measured_at.set(Instant::now());
+        true
+    }
+}
+
 impl Dispatch<'_> {
     /// Measures what the scripts' objects hold once callbacks have kept a quarter of the
     /// limit since the last time; over the limit, lets go of the biggest holder.
@@ -58,15 +102,9 @@ impl Dispatch<'_> {
         let limit = self.ctx.budget.max_state as i64;
         // Allocation counts drift (buffers change threads), so time is a trigger too: at most
         // once a second while callbacks run, the cost of a measurement is amortized.
-        let grew = self.ctx.growth.get() >= (limit / 4).clamp(1 << 20, 64 << 20);
-        let due = self.ctx.callbacks_since.get() > 0
-            && self.ctx.measured_at.get().elapsed() >= std::time::Duration::from_secs(1);
-        if !grew && !due {
+        if !self.ctx.memory.due(limit) {
             return;
         }
-        self.ctx.growth.set(0);
-        self.ctx.callbacks_since.set(0);
-        self.ctx.measured_at.set(Instant::now());
         let (total, biggest) = {
             let reg = self.ctx.registry.borrow();
             let servers = reg

@@ -18,6 +18,7 @@ mod server;
 mod state;
 mod testing;
 mod timers;
+mod top_level;
 mod worker;
 
 pub use check::compile_only;

@@ -105,26 +105,24 @@ impl Dispatch<'_> {
     /// path of a running one adopt that server; what the previous run made and this one does
     /// not make again is stopped, each named in the log.
     fn rerun_top_level(&self, file: &str, ast: &AST) {
-        let previous = std::mem::take(&mut *self.ctx.top_level.borrow_mut());
-        *self.ctx.adoptable.borrow_mut() = previous.servers.clone();
-        {
-            let mut reg = self.ctx.registry.borrow_mut();
-            for id in &previous.timers {
-                reg.timers.cancel(*id);
-            }
-            for id in &previous.clients {
-                if let Some(c) = reg.conns.get(id) {
-                    tracing::info!("reload: closing client {id} made by the old top level");
-                    c.handle.close(1001, "script reloaded".into());
+        let (result, left) = self.ctx.top_level.rerun(|previous| {
+            {
+                let mut reg = self.ctx.registry.borrow_mut();
+                for id in &previous.timers {
+                    reg.timers.cancel(*id);
+                }
+                for id in &previous.clients {
+                    if let Some(c) = reg.conns.get(id) {
+                        tracing::info!("reload: closing client {id} made by the old top level");
+                        c.handle.close(1001, "script reloaded".into());
+                    }
                 }
             }
-        }
-        self.ctx.reloading.set(true);
-        self.ctx.deadline.start(&self.ctx.budget);
-        let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
-        self.ctx.deadline.clear();
-        self.ctx.reloading.set(false);
-        let left = std::mem::take(&mut *self.ctx.adoptable.borrow_mut());
+            self.ctx.deadline.start(&self.ctx.budget);
+            let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+            self.ctx.deadline.clear();
+            result
+        });
         match result {
             Ok(_) => {
                 for id in left {
@@ -138,7 +136,7 @@ impl Dispatch<'_> {
                     "{err} (top level after reload; servers it did not reach keep running){}",
                     err.snippet()
                 );
-                self.ctx.top_level.borrow_mut().servers.extend(left);
+                self.ctx.top_level.keep_servers(left);
             }
         }
     }
@@ -152,27 +150,21 @@ pub(super) fn adopt_server(
     handler: &Dynamic,
     opts: &ServerOptions,
 ) -> Option<ServerId> {
-    if !ctx.reloading.get() {
-        return None;
-    }
     let mut reg = ctx.registry.borrow_mut();
-    let mut adoptable = ctx.adoptable.borrow_mut();
-    let pos = adoptable.iter().position(|id| {
-        reg.servers.get(id).is_some_and(|s| {
+    let id = ctx.top_level.adopt(|id| {
+        reg.servers.get(&id).is_some_and(|s| {
             !s.terminated
                 && s.host == opts.host
                 && s.requested_port == opts.port
                 && s.path == opts.path
         })
     })?;
-    let id = adoptable.remove(pos);
     let server = reg.servers.get_mut(&id)?;
     keep_state(&server.handler, handler);
     server.home = ncc.call_source().map(str::to_string);
     server.data_type = opts.data_type;
     server.max_connections = opts.max_connections;
     let conns = server.conns.len();
-    ctx.top_level.borrow_mut().servers.push(id);
     tracing::info!(
         "reload: kept the server on {}:{}{} with its {conns} connection(s)",
         server.host,

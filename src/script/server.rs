@@ -194,9 +194,7 @@ fn new_server(
         return Ok(ServerObj { id });
     }
     let id = next_id();
-    if ctx.in_top_level() {
-        ctx.top_level.borrow_mut().servers.push(id);
-    }
+    ctx.top_level.made_server(id);
     let route = Route {
         server: id,
         events: ctx.events.clone(),
@@ -214,19 +212,7 @@ fn new_server(
         static_root: opts.static_root.clone(),
         tls,
     };
-    // With several workers, each runs the top level: the k-th server of a follower listens on
-    // the port the first worker's k-th server got (which matters for `port: 0`).
-    let nth = ctx.starting.get().then(|| {
-        let k = ctx.top_servers_made.get();
-        ctx.top_servers_made.set(k + 1);
-        k
-    });
-    let port_to_bind = match nth {
-        Some(k) if ctx.worker_index > 0 && opts.port == 0 => {
-            ctx.port_plan.lock().unwrap().get(k).copied().unwrap_or(0)
-        }
-        _ => opts.port,
-    };
+    let (port_to_bind, plan) = ctx.top_level.port_to_bind(opts.port);
     let listened = ctx.net.listen(
         &opts.host,
         port_to_bind,
@@ -234,13 +220,7 @@ fn new_server(
         route,
         listen_options,
     );
-    if let (Some(k), 0) = (nth, ctx.worker_index) {
-        let bound = listened.as_ref().map(|(a, _)| a.port()).unwrap_or(0);
-        let mut plan = ctx.port_plan.lock().unwrap();
-        if plan.len() == k {
-            plan.push(bound);
-        }
-    }
+    plan.bound(listened.as_ref().map(|(a, _)| a.port()).unwrap_or(0));
     let (addr, port, shared) = match &listened {
         Ok((addr, shared)) => (Some(*addr), addr.port(), Some(shared.clone())),
         Err(_) => (None, opts.port, None),
@@ -263,10 +243,10 @@ fn new_server(
         },
     );
     let event = match listened {
-        Ok((addr, _)) if ctx.worker_index > 0 => {
+        Ok((addr, _)) if ctx.top_level.worker() > 0 => {
             tracing::debug!(
                 "worker {} serves {scheme}://{addr}{} too",
-                ctx.worker_index,
+                ctx.top_level.worker(),
                 opts.path.as_deref().unwrap_or("/")
             );
             Event::Listening { server: id }
@@ -287,9 +267,7 @@ fn new_server(
         }
         Err(e) => {
             let message = e.to_string();
-            if ctx.starting.get() {
-                ctx.startup_failures.borrow_mut().push(message.clone());
-            }
+            ctx.top_level.listen_failed(&message);
             Event::ListenFailed {
                 server: id,
                 message,

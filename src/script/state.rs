@@ -13,7 +13,9 @@ use super::classes::ClassStore;
 use super::convert::DataType;
 use super::engine::{Budget, Deadline};
 use super::error::Sources;
+use super::memory::MemoryWatch;
 use super::timers::Timers;
+use super::top_level::TopLevel;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
 use crate::event_loop::{EventLoop, Events};
 use crate::net::Network;
@@ -62,14 +64,6 @@ pub enum Side {
     Client { url: String },
 }
 
-/// Objects made by a run of the entry script's top level; a re-run after an edit replaces them.
-#[derive(Default)]
-pub struct TopLevel {
-    pub servers: Vec<ServerId>,
-    pub clients: Vec<ConnId>,
-    pub timers: Vec<i64>,
-}
-
 impl ServerEntry {
     /// Connections of this server: open on any worker, or accepted here and opening.
     pub fn open_count(&self) -> usize {
@@ -115,16 +109,8 @@ pub struct Ctx {
     pub registry: RefCell<Registry>,
     pub classes: RefCell<ClassStore>,
     pub sources: RefCell<Sources>,
-    /// True while the entry script's top level runs: a server that cannot listen then is a
-    /// start-up failure of the whole run.
-    pub starting: Cell<bool>,
-    /// True while the entry script's top level runs again after an edit.
-    pub reloading: Cell<bool>,
-    /// What the last run of the entry script's top level created.
-    pub top_level: RefCell<TopLevel>,
-    /// During a top-level re-run: servers of the previous run not adopted yet.
-    pub adoptable: RefCell<Vec<ServerId>>,
-    pub startup_failures: RefCell<Vec<String>>,
+    /// The runs of the entry script's top level, and what they made.
+    pub top_level: TopLevel,
     /// The worker's queue: socket tasks and the worker itself send here.
     pub rx: flume::Receiver<Event>,
     /// The entry script as named in messages.
@@ -133,25 +119,11 @@ pub struct Ctx {
     pub deadline: Deadline,
     /// A stop was asked: everything is closing and no new connection is accepted.
     pub shutting_down: Cell<bool>,
-    /// Which worker of the host this is (0: the first, which runs the top level first).
-    pub worker_index: usize,
-    /// The ports the first worker's top-level servers got, in creation order.
-    pub port_plan: Arc<std::sync::Mutex<Vec<u16>>>,
-    /// Servers created by this run of the top level so far.
-    pub top_servers_made: Cell<usize>,
-    /// Bytes callbacks allocated and kept since the script state was last measured.
-    pub growth: Cell<i64>,
-    /// Callbacks run since then, and when that was.
-    pub callbacks_since: Cell<u64>,
-    pub measured_at: Cell<std::time::Instant>,
+    /// When to measure what the scripts' objects hold.
+    pub memory: MemoryWatch,
 }
 
 impl Ctx {
-    /// True while a top level runs (first run or re-run): what it makes is recorded.
-    pub fn in_top_level(&self) -> bool {
-        self.starting.get() || self.reloading.get()
-    }
-
     /// Stops a server: no new connections, and every open one is closed with 1001.
     /// Its `onTerminate` runs once its last connection is gone.
     pub fn terminate_server(&self, id: ServerId) {

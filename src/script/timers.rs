@@ -116,9 +116,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
                 let id = c.registry.borrow_mut().timers.add(delay, timer);
                 // The loop may be waiting for a later timer (or for nothing).
                 c.event_loop.wake();
-                if c.in_top_level() {
-                    c.top_level.borrow_mut().timers.push(id);
-                }
+                c.top_level.made_timer(id);
                 Ok(id)
             },
         );

@@ -17,7 +17,9 @@ use super::classes::ClassStore;
 use super::dispatch::Dispatch;
 use super::engine::{Budget, Deadline, new_engine};
 use super::error::{ScriptError, Sources, display_name};
+use super::memory::MemoryWatch;
 use super::state::{Ctx, Defaults};
+use super::top_level::TopLevel;
 use crate::event::Event;
 use crate::net::Network;
 
@@ -116,23 +118,14 @@ impl Worker {
             defaults: std::cell::RefCell::new(options.defaults),
             registry: Default::default(),
             classes: std::cell::RefCell::new(ClassStore::new(dir, watcher)),
-            reloading: std::cell::Cell::new(false),
-            top_level: Default::default(),
-            adoptable: Default::default(),
+            top_level: TopLevel::new(options.index, options.port_plan.clone()),
             sources: std::cell::RefCell::new(Sources::default()),
-            starting: std::cell::Cell::new(false),
-            startup_failures: Default::default(),
             rx,
             entry_name: display_name(&options.entry),
             budget: options.budget,
             deadline: deadline.clone(),
             shutting_down: std::cell::Cell::new(false),
-            worker_index: options.index,
-            port_plan: options.port_plan.clone(),
-            top_servers_made: std::cell::Cell::new(0),
-            growth: std::cell::Cell::new(0),
-            callbacks_since: std::cell::Cell::new(0),
-            measured_at: std::cell::Cell::new(Instant::now()),
+            memory: MemoryWatch::default(),
         });
         api::register(&mut engine, &ctx, &options.args);
         if options.test.is_some() {
@@ -236,18 +229,18 @@ impl Worker {
             Err(e) => return Exit::ScriptFailed(e),
         };
 
-        self.ctx.starting.set(true);
-        self.ctx.deadline.start(&self.ctx.budget);
-        let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
-        self.ctx.deadline.clear();
-        self.ctx.starting.set(false);
+        let (top, failures) = self.ctx.top_level.first_run(|| {
+            self.ctx.deadline.start(&self.ctx.budget);
+            let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
+            self.ctx.deadline.clear();
+            top
+        });
         drop(entry);
 
         let exit = if let Err(e) = top {
             let err = ScriptError::from_eval(&e, &self.ctx.entry_name, &self.ctx.sources.borrow());
             Some(Exit::ScriptFailed(err))
         } else {
-            let failures = std::mem::take(&mut *self.ctx.startup_failures.borrow_mut());
             (!failures.is_empty()).then_some(Exit::ListenFailed(failures))
         };
         match (&exit, &self.started) {
