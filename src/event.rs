@@ -224,6 +224,17 @@ impl ConnectionHandle {
         &self.shared.overflow
     }
 
+    /// Takes room for one more message of this connection if the worker has it.
+    pub(crate) fn try_acquire_inflight(&self) -> bool {
+        match self.shared.inflight.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Waits until the worker has room for one more message of this connection.
     pub(crate) async fn acquire_inflight(&self) {
         if let Ok(permit) = self.shared.inflight.acquire().await {

@@ -5,7 +5,7 @@
 //! with pings. Neither waits on a script. The pair reports `Open` first and `Closed` last,
 //! exactly once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -25,28 +25,22 @@ use crate::payload::{Payload, Text};
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-/// When something last came from the peer (the reader writes, the writer reads).
-struct LastSeen {
-    start: Instant,
-    millis: AtomicU64,
-}
+/// Whether something came from the peer since the writer last looked: the reader marks it
+/// on every frame (a store, no clock read); the writer looks at each ping tick.
+struct LastSeen(AtomicBool);
 
 impl LastSeen {
     fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            millis: AtomicU64::new(0),
-        }
+        Self(AtomicBool::new(false))
     }
 
     fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.millis.store(now, Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 
-    fn elapsed(&self) -> Duration {
-        let then = Duration::from_millis(self.millis.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(then)
+    /// True if something came since the last call.
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -231,10 +225,15 @@ where
 {
     let id = handle.id();
     let mut peer_close = None;
+    // Made once: a future made anew on every message would register and unregister itself
+    // with the token each time.
+    let stopped = done.cancelled();
+    tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
-            _ = done.cancelled() => return ReadEnd::Stopped { peer_close },
+            biased;
             next = stream.next() => next,
+            _ = &mut stopped => return ReadEnd::Stopped { peer_close },
         };
         last_seen.touch();
         let payload = match next {
@@ -252,9 +251,11 @@ where
             Some(Err(e)) => return read_failure(e, peer_close),
             None => return ReadEnd::Closed { peer_close },
         };
-        tokio::select! {
-            _ = done.cancelled() => return ReadEnd::Stopped { peer_close },
-            _ = handle.acquire_inflight() => {}
+        if !handle.try_acquire_inflight() {
+            tokio::select! {
+                _ = &mut stopped => return ReadEnd::Stopped { peer_close },
+                _ = handle.acquire_inflight() => {}
+            }
         }
         if !events.deliver(Event::Message { conn: id, payload }).await {
             return ReadEnd::Stopped { peer_close };
@@ -321,23 +322,43 @@ where
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut heard_at = Instant::now();
+    let (ended, overflowed) = (done.cancelled(), overflow.cancelled());
+    tokio::pin!(ended, overflowed);
     let end = loop {
-        let cmd = tokio::select! {
-            biased;
-            _ = done.cancelled() => break WriteEnd::ReaderDone,
-            _ = overflow.cancelled() => break WriteEnd::Overflow,
-            _ = tick(&mut ping) => {
-                if let Some(idle) = config.idle_timeout
-                    && last_seen.elapsed() > idle
-                {
-                    break WriteEnd::Idle(idle);
-                }
-                if !send_batch(&mut sink, vec![], Some(Message::Ping(Bytes::new())), handle, done, &overflow).await {
-                    break WriteEnd::ReaderDone;
-                }
-                continue;
+        // What is queued already is taken without waiting (nor registering to wait).
+        // (Once ended, commands stay queued: `finish_sends` may still want them.)
+        let queued = if done.is_cancelled() || overflow.is_cancelled() {
+            None
+        } else {
+            match commands.try_recv() {
+                Ok(cmd) => Some(Some(cmd)),
+                Err(flume::TryRecvError::Disconnected) => Some(None),
+                Err(flume::TryRecvError::Empty) => None,
             }
-            cmd = commands.recv_async() => cmd.ok(),
+        };
+        let cmd = match queued {
+            Some(cmd) => cmd,
+            None => tokio::select! {
+                biased;
+                _ = &mut ended => break WriteEnd::ReaderDone,
+                _ = &mut overflowed => break WriteEnd::Overflow,
+                _ = tick(&mut ping) => {
+                    if last_seen.take() {
+                        heard_at = Instant::now();
+                    }
+                    if let Some(idle) = config.idle_timeout
+                        && heard_at.elapsed() > idle
+                    {
+                        break WriteEnd::Idle(idle);
+                    }
+                    if !send_batch(&mut sink, vec![], Some(Message::Ping(Bytes::new())), handle, done, &overflow).await {
+                        break WriteEnd::ReaderDone;
+                    }
+                    continue;
+                }
+                cmd = commands.recv_async() => cmd.ok(),
+            },
         };
         match cmd {
             Some(Command::Send(payload)) => {
@@ -413,7 +434,9 @@ where
         }
         sink.flush().await
     };
+    // The write first: when it is done at once, the tokens are not even asked.
     tokio::select! {
+        biased;
         r = work => r.is_ok(),
         _ = done.cancelled() => false,
         _ = overflow.cancelled() => false,

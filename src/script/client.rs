@@ -178,7 +178,7 @@ fn new_client(
                 url: url.to_string(),
             },
             handler,
-            home: ncc.call_source().map(str::to_string),
+            home: ncc.call_source().map(Rc::from),
             data_type,
             opened: false,
         },

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString};
 
 use super::client::ClientObj;
-use super::convert::data_to_payload;
+use super::convert::{data_to_payload, text_payload};
 use super::server::ServerObj;
 use super::state::{ConnEntry, Ctx, Side};
 use crate::event::{ConnectionHandle, SendError, ServerId};
@@ -80,6 +80,11 @@ pub(super) fn register_socket<T: Socket>(
             .get(&c.handle().id())
             .map(|e| e.handler.clone())
             .unwrap_or(Dynamic::UNIT)
+    });
+    // Typed overloads first: Rhai finds an exact signature at once, where a `Dynamic`
+    // parameter makes it try every combination of argument types on each call.
+    engine.register_fn("send", |c: &mut T, text: ImmutableString| {
+        send(c.handle(), text_payload(&text));
     });
     engine.register_fn("send", |c: &mut T, message: Dynamic| -> Res<()> {
         send(c.handle(), data_to_payload(&message)?);

@@ -76,11 +76,16 @@ pub fn payload_to_data(payload: Payload, data_type: DataType) -> Result<Dynamic,
     }
 }
 
+/// A string as a text message.
+pub fn text_payload(s: &ImmutableString) -> Payload {
+    Payload::Text(text_of(s))
+}
+
 /// The payload `send(value)` puts on the wire: a string as text, a Blob as binary, anything
 /// else that JSON can express as the text of its JSON.
 pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
     if let Ok(s) = value.as_immutable_string_ref() {
-        return Ok(Payload::Text(text_of(&s)));
+        return Ok(text_payload(&s));
     }
     if value.is_blob() {
         let blob = value.read_lock::<Blob>().expect("checked is_blob");

@@ -6,6 +6,7 @@
 //! It owns the order of a connection's events (SPEC 7), not what the objects are: the
 //! registry holds those, and the API files say what scripts can do with them.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use rhai::{CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
@@ -199,12 +200,12 @@ impl Dispatch<'_> {
         let conn_home = self.class_file(&handler).or(home.clone());
         let wss = Dynamic::from(ServerObj { id: server });
         let mut event = event_map("connection");
-        event.insert("request".into(), request_map(request).into());
+        event.insert("request".into(), Dynamic::from_map(request_map(request)));
         let answer = self.invoke(
             &handler,
             home.as_deref(),
             "onConnection",
-            vec![wss, event.into()],
+            vec![wss, Dynamic::from_map(event)],
         );
         let verdict = match answer {
             None => {
@@ -245,7 +246,7 @@ impl Dispatch<'_> {
         server: ServerId,
         conn: &ConnectionHandle,
         handler: Dynamic,
-        home: Option<String>,
+        home: Option<Rc<str>>,
     ) -> Result<(), ScriptError> {
         let handler = share_handler(handler, "onConnection")
             .map_err(|e| ScriptError::plain(&self.ctx.entry_name, e.to_string()))?;
@@ -358,22 +359,28 @@ impl Dispatch<'_> {
 
     /// Calls connection callback `name`; a failure is logged and goes to `onError`.
     pub fn call_conn(&self, conn: ConnId, name: &str, event: Map) {
-        let (handler, home, ws) = {
-            let reg = self.ctx.registry.borrow();
-            let Some(entry) = reg.conns.get(&conn) else {
-                return;
-            };
-            (entry.handler.clone(), entry.home.clone(), conn_value(entry))
+        let ws_and_handler = |reg: &super::state::Registry| {
+            let entry = reg.conns.get(&conn)?;
+            Some((conn_value(entry), entry.handler.clone(), entry.home.clone()))
+        };
+        let Some((ws, handler, home)) = ws_and_handler(&self.ctx.registry.borrow()) else {
+            return;
         };
         let home = home.as_deref();
-        let args = vec![ws.clone(), event.into()];
-        let Some(Err(err)) = self.invoke(&handler, home, name, args) else {
+        let Some(Err(err)) = self.invoke(&handler, home, name, vec![ws, Dynamic::from_map(event)])
+        else {
             return;
         };
         tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
-        if name != "onError" {
+        let ws = ws_and_handler(&self.ctx.registry.borrow()).map(|(ws, ..)| ws);
+        if let (true, Some(ws)) = (name != "onError", ws) {
             let event = error_event(err.kind(), &err.to_string(), None);
-            if let Some(Err(e2)) = self.invoke(&handler, home, "onError", vec![ws, event.into()]) {
+            if let Some(Err(e2)) = self.invoke(
+                &handler,
+                home,
+                "onError",
+                vec![ws, Dynamic::from_map(event)],
+            ) {
                 tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
             }
         }
@@ -385,9 +392,12 @@ impl Dispatch<'_> {
             return;
         };
         let wss = Dynamic::from(ServerObj { id: server });
-        if let Some(Err(err)) =
-            self.invoke(&handler, home.as_deref(), name, vec![wss, event.into()])
-        {
+        if let Some(Err(err)) = self.invoke(
+            &handler,
+            home.as_deref(),
+            name,
+            vec![wss, Dynamic::from_map(event)],
+        ) {
             tracing::error!("{err} (server {server}, {name}){}", err.snippet());
             if name != "onError" {
                 self.report_to_server(server, &err);
@@ -395,7 +405,7 @@ impl Dispatch<'_> {
         }
     }
 
-    pub fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<String>)> {
+    pub fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<Rc<str>>)> {
         self.ctx
             .registry
             .borrow()
@@ -420,20 +430,20 @@ impl Dispatch<'_> {
             &handler,
             home.as_deref(),
             "onError",
-            vec![wss, event.into()],
+            vec![wss, Dynamic::from_map(event)],
         ) {
             tracing::error!("{e2} (server {server}, onError){}", e2.snippet());
         }
     }
 
     /// The class file of a class instance.
-    pub fn class_file(&self, handler: &Dynamic) -> Option<String> {
+    pub fn class_file(&self, handler: &Dynamic) -> Option<Rc<str>> {
         let class = class_name(&*handler.read_lock::<Map>()?)?;
         self.ctx
             .classes
             .borrow()
             .class(&class)
-            .map(|c| c.file.clone())
+            .map(|c| Rc::from(c.file.as_str()))
     }
 
     /// Calls callback `name` of `handler` with `this` bound to it. None if it has no such
@@ -488,9 +498,23 @@ impl Dispatch<'_> {
     }
 }
 
-pub(super) fn event_map(kind: &str) -> Map {
+pub(super) fn event_map(kind: &'static str) -> Map {
+    thread_local! {
+        /// The `type` strings, made once: a message event is built for every message.
+        static KINDS: std::cell::RefCell<Vec<(&'static str, rhai::ImmutableString)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let kind = KINDS.with(|kinds| {
+        let mut kinds = kinds.borrow_mut();
+        if let Some((_, s)) = kinds.iter().find(|(k, _)| *k == kind) {
+            return s.clone();
+        }
+        let s = rhai::ImmutableString::from(kind);
+        kinds.push((kind, s.clone()));
+        s
+    });
     let mut m = Map::new();
-    m.insert("type".into(), kind.into());
+    m.insert("type".into(), Dynamic::from(kind));
     m
 }
 
@@ -505,7 +529,10 @@ pub(super) fn error_event(kind: ErrorKind, message: &str, data: Option<Dynamic>)
         err.insert("data".into(), d);
     }
     let mut m = event_map("error");
-    m.insert("errors".into(), Dynamic::from_array(vec![err.into()]));
+    m.insert(
+        "errors".into(),
+        Dynamic::from_array(vec![Dynamic::from_map(err)]),
+    );
     m
 }
 
@@ -514,8 +541,11 @@ pub(super) fn error_event(kind: ErrorKind, message: &str, data: Option<Dynamic>)
 fn request_map(request: Request) -> Map {
     let mut m = Map::new();
     m.insert("url".into(), request.url.into());
-    m.insert("headers".into(), multi_map(request.headers).into());
-    m.insert("query".into(), multi_map(request.query).into());
+    m.insert(
+        "headers".into(),
+        Dynamic::from_map(multi_map(request.headers)),
+    );
+    m.insert("query".into(), Dynamic::from_map(multi_map(request.query)));
     m.insert("remoteAddress".into(), request.remote_address.into());
     m
 }

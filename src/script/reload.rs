@@ -70,7 +70,7 @@ impl Dispatch<'_> {
     /// Calls `onReload(event)` on every handler whose code is in `file` (its class file, or
     /// the file that made an inline handler).
     fn call_on_reload(&self, file: &str) {
-        let targets: Vec<(Dynamic, Option<String>)> = {
+        let targets: Vec<(Dynamic, Option<std::rc::Rc<str>>)> = {
             let reg = self.ctx.registry.borrow();
             let servers = reg
                 .servers
@@ -94,7 +94,7 @@ impl Dispatch<'_> {
                 &handler,
                 home.as_deref(),
                 "onReload",
-                vec![event.clone().into()],
+                vec![Dynamic::from_map(event.clone())],
             ) {
                 tracing::error!("{e} (onReload){}", e.snippet());
             }
@@ -161,7 +161,7 @@ pub(super) fn adopt_server(
     })?;
     let server = reg.servers.get_mut(&id)?;
     keep_state(&server.handler, handler);
-    server.home = ncc.call_source().map(str::to_string);
+    server.home = ncc.call_source().map(std::rc::Rc::from);
     server.data_type = opts.data_type;
     server.max_connections = opts.max_connections;
     let conns = server.conns.len();

@@ -230,7 +230,7 @@ fn new_server(
         ServerEntry {
             handler,
             requested_port: opts.port,
-            home: ncc.call_source().map(str::to_string),
+            home: ncc.call_source().map(Rc::from),
             host: opts.host,
             port,
             addr,

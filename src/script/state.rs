@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rhai::Dynamic;
@@ -38,7 +39,7 @@ pub struct ServerEntry {
     /// The `port` asked for (0 for any): with host and path, what a re-run matches on.
     pub requested_port: u16,
     /// The file whose functions `Fn("name")` in the handler refers to.
-    pub home: Option<String>,
+    pub home: Option<Rc<str>>,
     pub host: String,
     /// The bound port once listening; the requested one before or on failure.
     pub port: u16,
@@ -77,7 +78,7 @@ pub struct ConnEntry {
     pub side: Side,
     pub handler: Dynamic,
     /// The file whose functions `Fn("name")` in the handler refers to.
-    pub home: Option<String>,
+    pub home: Option<Rc<str>>,
     pub data_type: DataType,
     /// `onOpen` was delivered.
     pub opened: bool,

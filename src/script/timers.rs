@@ -17,7 +17,7 @@ type Res<T> = Result<T, Box<EvalAltResult>>;
 pub struct Timer {
     pub callback: FnPtr,
     pub every: Option<Duration>,
-    pub home: Option<String>,
+    pub home: Option<Rc<str>>,
 }
 
 /// Pending timers, by due time (ties in creation order).
@@ -111,7 +111,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
                     callback,
                     // An interval of 0 would spin: at least 1 ms between runs.
                     every: repeat.then(|| delay.max(Duration::from_millis(1))),
-                    home: ncc.call_source().map(str::to_string),
+                    home: ncc.call_source().map(Rc::from),
                 };
                 let id = c.registry.borrow_mut().timers.add(delay, timer);
                 // The loop may be waiting for a later timer (or for nothing).
