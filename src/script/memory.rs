@@ -86,7 +86,7 @@ impl MemoryWatch {
         // The clock is read every 64 callbacks (and when few run), not on each.
         let callbacks = self.callbacks.get();
         let due = callbacks > 0
-            && (callbacks < 64 || callbacks % 64 == 0)
+            && (callbacks < 64 || callbacks.is_multiple_of(64))
             && self.measured_at.get().elapsed() >= std::time::Duration::from_secs(1);
         if !grew && !due {
             return false;
