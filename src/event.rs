@@ -59,7 +59,12 @@ impl Status {
 #[derive(Debug)]
 pub enum Command {
     Send(Payload),
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
+    /// Keepalive (the socket task raises it itself, on its ping timer).
+    Ping,
 }
 
 /// Why a `send` did not queue the message.
@@ -327,7 +332,7 @@ pub enum Event {
     Connect {
         server: ServerId,
         conn: ConnectionHandle,
-        request: Request,
+        request: Box<Request>,
         reply: oneshot::Sender<Verdict>,
     },
     /// The handshake of an accepted connection completed.

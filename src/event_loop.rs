@@ -54,7 +54,8 @@ impl Events {
     pub async fn deliver(&self, event: Event) -> bool {
         match self.dispatch_here(event) {
             None => true,
-            Some(event) => self.queue.send_async(event).await.is_ok(),
+            // Boxed: the future of every socket task stays small for the common case.
+            Some(event) => Box::pin(self.queue.send_async(event)).await.is_ok(),
         }
     }
 

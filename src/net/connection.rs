@@ -116,8 +116,16 @@ pub(crate) async fn run<S>(
             if code != 1006 {
                 // The messages that came before the fault are the worker's still: let their
                 // answers go out first, then tell the peer why (1002, 1007, 1009).
-                finish_sends(&mut sink, &mut commands, &handle, config.close_timeout).await;
-                send_close(&mut sink, code, "", config.close_timeout).await;
+                // (Boxed, as every path taken only at the end: the future each connection
+                // keeps while it lives stays small.)
+                Box::pin(finish_sends(
+                    &mut sink,
+                    &mut commands,
+                    &handle,
+                    config.close_timeout,
+                ))
+                .await;
+                Box::pin(send_close(&mut sink, code, "", config.close_timeout)).await;
             }
             (Some((kind, message)), code, String::new())
         }
@@ -147,7 +155,7 @@ pub(crate) async fn run<S>(
     };
     drop(sink);
     // Closing from now on (not before: the answers of `finish_sends` had to get through).
-    report_end(&handle, &events, failure, code, reason, clean).await;
+    Box::pin(report_end(&handle, &events, failure, code, reason, clean)).await;
 }
 
 /// The last events of a connection: `Error` if it failed, then `Closed`. `Closed` status is
@@ -254,7 +262,7 @@ where
         if !handle.try_acquire_inflight() {
             tokio::select! {
                 _ = &mut stopped => return ReadEnd::Stopped { peer_close },
-                _ = handle.acquire_inflight() => {}
+                _ = Box::pin(handle.acquire_inflight()) => {}
             }
         }
         if !events.deliver(Event::Message { conn: id, payload }).await {
@@ -352,50 +360,63 @@ where
                     {
                         break WriteEnd::Idle(idle);
                     }
-                    if !send_batch(&mut sink, vec![], Some(Message::Ping(Bytes::new())), handle, done, &overflow).await {
-                        break WriteEnd::ReaderDone;
-                    }
-                    continue;
+                    Some(Command::Ping)
                 }
                 cmd = commands.recv_async() => cmd.ok(),
             },
         };
-        match cmd {
+        // What to write now: a batch of messages (feeding what is queued, then flushing
+        // once: pipelined sends share a syscall), or a ping; and a close to send after it.
+        let (batch, extra, then_close) = match cmd {
             Some(Command::Send(payload)) => {
-                // Feed what is queued, then flush once: pipelined sends share a syscall.
                 let mut batch = vec![payload];
                 let mut then_close = None;
                 while batch.len() < 64 {
                     match commands.try_recv() {
                         Ok(Command::Send(p)) => batch.push(p),
-                        Ok(close) => {
-                            then_close = Some(close);
+                        Ok(Command::Close { code, reason }) => {
+                            then_close = Some((code, reason));
                             break;
                         }
-                        Err(_) => break,
+                        Ok(Command::Ping) | Err(_) => break,
                     }
                 }
-                if !send_batch(&mut sink, batch, None, handle, done, &overflow).await {
-                    if overflow.is_cancelled() {
-                        break WriteEnd::Overflow;
-                    }
-                    break WriteEnd::ReaderDone;
-                }
-                if let Some(Command::Close { code, reason }) = then_close {
-                    break close_and_wait(&mut sink, code, reason, done, config).await;
-                }
+                (batch, None, then_close)
             }
-            Some(Command::Close { code, reason }) => {
-                break close_and_wait(&mut sink, code, reason, done, config).await;
-            }
+            Some(Command::Ping) => (Vec::new(), Some(Message::Ping(Bytes::new())), None),
+            Some(Command::Close { code, reason }) => (Vec::new(), None, Some((code, reason))),
             None => break WriteEnd::ReaderDone,
+        };
+        if !batch.is_empty() || extra.is_some() {
+            let written = tokio::select! {
+                // The write first: when it is done at once, nothing else is polled.
+                biased;
+                r = write_batch(&mut sink, batch, extra, handle) => r.is_ok(),
+                _ = &mut ended => false,
+                _ = &mut overflowed => false,
+            };
+            if !written {
+                if overflow.is_cancelled() {
+                    break WriteEnd::Overflow;
+                }
+                break WriteEnd::ReaderDone;
+            }
+        }
+        if let Some((code, reason)) = then_close {
+            break Box::pin(close_and_wait(&mut sink, code, reason, done, config)).await;
         }
     };
     if matches!(end, WriteEnd::Overflow | WriteEnd::Idle(_)) {
         handle.begin_closing();
         if let WriteEnd::Overflow = end {
             // The peer is not reading, so this may never get through: bounded.
-            send_close(&mut sink, 1008, "outgoing queue full", config.close_timeout).await;
+            Box::pin(send_close(
+                &mut sink,
+                1008,
+                "outgoing queue full",
+                config.close_timeout,
+            ))
+            .await;
         }
         done.cancel();
     }
@@ -411,36 +432,25 @@ async fn tick(ping: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Sends the messages (and `extra`) and flushes; false if the connection ended meanwhile.
-async fn send_batch<S>(
+/// Writes the messages (and `extra`), then flushes.
+async fn write_batch<S>(
     sink: &mut Sink<S>,
     batch: Vec<Payload>,
     extra: Option<Message>,
     handle: &ConnectionHandle,
-    done: &CancellationToken,
-    overflow: &CancellationToken,
-) -> bool
+) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let work = async {
-        for p in batch {
-            let len = p.len();
-            sink.feed(to_message(p)).await?;
-            handle.sent(len);
-        }
-        if let Some(m) = extra {
-            sink.feed(m).await?;
-        }
-        sink.flush().await
-    };
-    // The write first: when it is done at once, the tokens are not even asked.
-    tokio::select! {
-        biased;
-        r = work => r.is_ok(),
-        _ = done.cancelled() => false,
-        _ = overflow.cancelled() => false,
+    for p in batch {
+        let len = p.len();
+        sink.feed(to_message(p)).await?;
+        handle.sent(len);
     }
+    if let Some(m) = extra {
+        sink.feed(m).await?;
+    }
+    sink.flush().await
 }
 
 /// Sends a close frame, bounded by `timeout` (the peer may not be reading).

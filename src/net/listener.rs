@@ -208,7 +208,7 @@ impl Listener {
 /// (connections run on the event loops of the workers).
 pub struct Network {
     runtime: tokio::runtime::Handle,
-    config: NetConfig,
+    config: Arc<NetConfig>,
     tls: Arc<rustls::ClientConfig>,
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
 }
@@ -219,13 +219,13 @@ impl Network {
         let tls = super::client::tls_config(config.extra_ca.as_deref())?;
         Ok(Arc::new(Self {
             runtime,
-            config,
+            config: Arc::new(config),
             tls,
             listeners: Mutex::new(HashMap::new()),
         }))
     }
 
-    pub(crate) fn config(&self) -> &NetConfig {
+    pub(crate) fn config(&self) -> &Arc<NetConfig> {
         &self.config
     }
 
@@ -349,7 +349,7 @@ fn add_route(
     Ok(conns)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: NetConfig) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: Arc<NetConfig>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.stop.cancelled() => return,
@@ -383,7 +383,7 @@ async fn serve(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     shared: Arc<Listener>,
-    config: NetConfig,
+    config: Arc<NetConfig>,
 ) {
     let stream = match tokio::net::TcpStream::from_std(stream) {
         Ok(s) => s,
@@ -403,7 +403,7 @@ async fn serve(
     }
 }
 
-async fn serve_http<IO>(stream: IO, peer: SocketAddr, shared: Arc<Listener>, config: NetConfig)
+async fn serve_http<IO>(stream: IO, peer: SocketAddr, shared: Arc<Listener>, config: Arc<NetConfig>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -457,7 +457,7 @@ async fn handle_request(
     mut req: HttpRequest<Incoming>,
     peer: SocketAddr,
     shared: &Listener,
-    config: &NetConfig,
+    config: &Arc<NetConfig>,
 ) -> Response<Body> {
     let is_upgrade = req.method() == hyper::Method::GET
         && header_has_token(&req, header::CONNECTION, "upgrade")
@@ -511,7 +511,7 @@ async fn handle_request(
         .deliver(Event::Connect {
             server: route.server,
             conn: handle.clone(),
-            request,
+            request: Box::new(request),
             reply: reply_tx,
         })
         .await;

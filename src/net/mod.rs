@@ -62,7 +62,7 @@ impl Default for NetConfig {
         Self {
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
-            read_buffer_size: 2 << 10,
+            read_buffer_size: 1 << 10,
             send_queue: 1024,
             send_queue_bytes: 8 << 20,
             ping_interval: Some(Duration::from_secs(20)),

@@ -76,7 +76,7 @@ impl Dispatch<'_> {
                 conn,
                 request,
                 reply,
-            } => self.on_connect(server, conn, request, reply),
+            } => self.on_connect(server, conn, *request, reply),
             Event::Open { conn } => {
                 let found = {
                     let mut reg = self.ctx.registry.borrow_mut();
