@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::payload::Payload;
@@ -63,7 +63,8 @@ pub enum Command {
         code: u16,
         reason: String,
     },
-    /// Keepalive (the socket task raises it itself, on its ping timer).
+    /// Keepalive: send a ping, or close if the peer has been silent too long (queued by the
+    /// loop's keepalive timer, never by scripts).
     Ping,
 }
 
@@ -83,9 +84,12 @@ struct Shared {
     status: AtomicU8,
     /// Cancelled when the outgoing queue overflowed: the socket task closes with 1008.
     overflow: CancellationToken,
-    /// Messages the socket task may still hand to the worker before it stops reading.
-    inflight: Semaphore,
-    inflight_max: usize,
+    /// Messages the socket task may still hand to the worker before it stops reading (an
+    /// atomic count, not a semaphore: giving room back is on every message's path, and
+    /// takes no lock here), and the socket task's wait for room.
+    room: AtomicUsize,
+    room_max: usize,
+    room_freed: Notify,
     /// Bytes queued for sending and not written yet, and the most allowed.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -117,8 +121,9 @@ impl ConnectionHandle {
                 commands: tx,
                 status: AtomicU8::new(status as u8),
                 overflow: CancellationToken::new(),
-                inflight: Semaphore::new(inflight.max(1)),
-                inflight_max: inflight.max(1),
+                room: AtomicUsize::new(inflight.max(1)),
+                room_max: inflight.max(1),
+                room_freed: Notify::new(),
                 queued_bytes: AtomicUsize::new(0),
                 max_queued_bytes: limits.send_queue_bytes,
             }),
@@ -168,6 +173,12 @@ impl ConnectionHandle {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// Asks the socket task for a keepalive ping; dropped if its queue is full (it is being
+    /// closed as too slow then).
+    pub(crate) fn ping(&self) {
+        let _ = self.shared.commands.try_send(Command::Ping);
     }
 
     /// Queues a message without waiting. Messages sent while connecting are kept in order.
@@ -231,30 +242,36 @@ impl ConnectionHandle {
 
     /// Takes room for one more message of this connection if the worker has it.
     pub(crate) fn try_acquire_inflight(&self) -> bool {
-        match self.shared.inflight.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
+        self.shared
+            .room
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Waits until the worker has room for one more message of this connection.
     pub(crate) async fn acquire_inflight(&self) {
-        if let Ok(permit) = self.shared.inflight.acquire().await {
-            permit.forget();
+        loop {
+            let freed = self.shared.room_freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so room given back meanwhile is not missed.
+            freed.as_mut().enable();
+            if self.try_acquire_inflight() {
+                return;
+            }
+            freed.await;
         }
     }
 
     /// True when the worker has handled every message of this connection it was given.
     pub(crate) fn worker_idle(&self) -> bool {
-        self.shared.inflight.available_permits() >= self.shared.inflight_max
+        self.shared.room.load(Ordering::Acquire) >= self.shared.room_max
     }
 
     /// Called by the worker once it has handled a message of this connection.
     pub fn message_done(&self) {
-        self.shared.inflight.add_permits(1);
+        if self.shared.room.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.shared.room_freed.notify_one();
+        }
     }
 }
 

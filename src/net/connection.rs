@@ -86,6 +86,9 @@ pub(crate) async fn run<S>(
         return;
     }
     let (sink, stream) = ws.split();
+    let _keepalive = config
+        .ping_interval
+        .map(|every| super::keepalive::Keepalive::register(&handle, every));
     let done = CancellationToken::new();
     let last_seen = LastSeen::new();
     let reader = async {
@@ -323,13 +326,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let overflow = handle.overflow().clone();
-    // A ping every `ping_interval` gets a pong from a live peer; `idle_timeout` without
-    // anything from the peer means it is gone.
-    let mut ping = config.ping_interval.map(|every| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    // The loop's keepalive queues a ping every `ping_interval`: a live peer answers with a
+    // pong; `idle_timeout` without anything from the peer means it is gone.
     let mut heard_at = Instant::now();
     let (ended, overflowed) = (done.cancelled(), overflow.cancelled());
     tokio::pin!(ended, overflowed);
@@ -351,17 +349,6 @@ where
                 biased;
                 _ = &mut ended => break WriteEnd::ReaderDone,
                 _ = &mut overflowed => break WriteEnd::Overflow,
-                _ = tick(&mut ping) => {
-                    if last_seen.take() {
-                        heard_at = Instant::now();
-                    }
-                    if let Some(idle) = config.idle_timeout
-                        && heard_at.elapsed() > idle
-                    {
-                        break WriteEnd::Idle(idle);
-                    }
-                    Some(Command::Ping)
-                }
                 cmd = commands.recv_async() => cmd.ok(),
             },
         };
@@ -383,7 +370,17 @@ where
                 }
                 (batch, None, then_close)
             }
-            Some(Command::Ping) => (Vec::new(), Some(Message::Ping(Bytes::new())), None),
+            Some(Command::Ping) => {
+                if last_seen.take() {
+                    heard_at = Instant::now();
+                }
+                if let Some(idle) = config.idle_timeout
+                    && heard_at.elapsed() > idle
+                {
+                    break WriteEnd::Idle(idle);
+                }
+                (Vec::new(), Some(Message::Ping(Bytes::new())), None)
+            }
             Some(Command::Close { code, reason }) => (Vec::new(), None, Some((code, reason))),
             None => break WriteEnd::ReaderDone,
         };
@@ -421,15 +418,6 @@ where
         done.cancel();
     }
     (end, sink, commands)
-}
-
-async fn tick(ping: &mut Option<tokio::time::Interval>) {
-    match ping {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// Writes the messages (and `extra`), then flushes.

@@ -8,6 +8,7 @@
 
 mod client;
 mod connection;
+mod keepalive;
 mod listener;
 mod static_files;
 

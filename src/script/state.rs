@@ -3,7 +3,9 @@
 //! functions scripts call.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -86,8 +88,9 @@ pub struct ConnEntry {
 
 #[derive(Default)]
 pub struct Registry {
-    pub servers: HashMap<ServerId, ServerEntry>,
-    pub conns: HashMap<ConnId, ConnEntry>,
+    // Looked up on every message: a hasher for integers, not SipHash.
+    pub servers: FxHashMap<ServerId, ServerEntry>,
+    pub conns: FxHashMap<ConnId, ConnEntry>,
     pub timers: Timers,
 }
 
