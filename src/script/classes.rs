@@ -10,6 +10,8 @@
 //! every closure of every file loaded so far (closure names are unique hashes of their code).
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -39,7 +41,8 @@ pub struct Script {
     pub class: Option<String>,
     /// The file's functions plus every closure loaded so far.
     pub ast: AST,
-    params: HashMap<String, usize>,
+    /// (Looked up by name on every callback: FxHash, not SipHash, as `files`.)
+    params: FxHashMap<String, usize>,
 }
 
 impl Script {
@@ -54,8 +57,8 @@ fn is_closure(name: &str) -> bool {
 }
 
 /// Parameter counts of the functions of `ast` (the first definition of each name wins).
-fn param_counts(ast: &AST) -> HashMap<String, usize> {
-    let mut params = HashMap::new();
+fn param_counts(ast: &AST) -> FxHashMap<String, usize> {
+    let mut params = FxHashMap::default();
     for f in ast.iter_functions() {
         params.entry(f.name.to_string()).or_insert(f.params.len());
     }
@@ -71,8 +74,8 @@ struct Compiled {
 pub struct ClassStore {
     dir: PathBuf,
     /// By file name as in messages.
-    files: HashMap<String, Compiled>,
-    classes: HashMap<String, String>,
+    files: FxHashMap<String, Compiled>,
+    classes: FxHashMap<String, String>,
     /// The folder of each file, where its `cs.Name` classes are found.
     dirs: HashMap<String, PathBuf>,
     entry: Option<String>,
@@ -105,8 +108,8 @@ impl ClassStore {
             paths: HashMap::new(),
             watcher,
             dir,
-            files: HashMap::new(),
-            classes: HashMap::new(),
+            files: FxHashMap::default(),
+            classes: FxHashMap::default(),
             dirs: HashMap::new(),
             entry: None,
             closures: AST::empty(),
@@ -254,7 +257,7 @@ impl ClassStore {
                     file: String::new(),
                     class: None,
                     ast: AST::empty(),
-                    params: HashMap::new(),
+                    params: FxHashMap::default(),
                 }),
             },
         );

@@ -470,13 +470,19 @@ impl Dispatch<'_> {
             (None, None) => return None,
         };
         let mut this = handler.clone();
-        let result = match fn_ptr {
-            Some(f) => {
-                self.ctx.deadline.start(&self.ctx.budget);
-                f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
+        // A function with a name (a class method, or `Fn("name")` of the handler's file) is
+        // called by name, given as many arguments as it declares; a closure through its
+        // pointer, which carries what it captured.
+        let named = match &fn_ptr {
+            None => Some(name),
+            Some(f) if !f.is_curried() && !f.is_anonymous() => {
+                Some(f.fn_name()).filter(|n| script.params(n).is_some())
             }
-            None => {
-                let params = script.params(name)?;
+            Some(_) => None,
+        };
+        let result = match (named, &fn_ptr) {
+            (Some(fn_name), _) => {
+                let params = script.params(fn_name)?;
                 args.resize(params, Dynamic::UNIT);
                 let options = CallFnOptions::new()
                     .eval_ast(false)
@@ -486,10 +492,15 @@ impl Dispatch<'_> {
                     options,
                     &mut Scope::new(),
                     &script.ast,
-                    name,
+                    fn_name,
                     args,
                 )
             }
+            (None, Some(f)) => {
+                self.ctx.deadline.start(&self.ctx.budget);
+                f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
+            }
+            (None, None) => return None,
         };
         let kept = self.ctx.deadline.clear();
         self.ctx.memory.callback_kept(kept);
