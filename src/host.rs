@@ -116,6 +116,7 @@ impl Host {
                     index,
                     port_plan: port_plan.clone(),
                     started: Some(started_tx),
+                    extend_engine: None,
                 },
             )
             .context("cannot start a script worker")?;

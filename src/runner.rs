@@ -136,6 +136,7 @@ fn run_one(net: &Arc<Network>, test: &Test, timeout: Duration) -> Result<(), Scr
         index: 0,
         port_plan: Default::default(),
         started: None,
+        extend_engine: None,
     };
     let worker = script::spawn(net.clone(), options)
         .map_err(|e| ScriptError::plain(&test.name, format!("cannot start a worker: {e}")))?;

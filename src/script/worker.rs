@@ -24,7 +24,7 @@ use crate::event::Event;
 use crate::net::Network;
 
 /// What a worker needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     pub entry: PathBuf,
     /// The script's `ARGS`.
@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     pub port_plan: Arc<std::sync::Mutex<Vec<u16>>>,
     /// Told once the entry script's top level has run (or failed).
     pub started: Option<std::sync::mpsc::Sender<()>>,
+    /// The embedding program's own functions: run on the engine after the script API.
+    pub extend_engine: Option<Arc<dyn Fn(&mut Engine) + Send + Sync>>,
 }
 
 /// One test: a `test_…` function of the entry script (or its top level when None).
@@ -128,6 +130,9 @@ impl Worker {
             memory: MemoryWatch::default(),
         });
         api::register(&mut engine, &ctx, &options.args);
+        if let Some(extend) = &options.extend_engine {
+            extend(&mut engine);
+        }
         if options.test.is_some() {
             super::testing::register(&mut engine, &ctx);
         }
