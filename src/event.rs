@@ -66,6 +66,8 @@ pub enum Command {
     /// Keepalive: send a ping, or close if the peer has been silent too long (queued by the
     /// loop's keepalive timer, never by scripts).
     Ping,
+    /// Write out what tungstenite queued itself (pongs); queued by the socket's reader.
+    Flush,
 }
 
 /// Why a `send` did not queue the message.
@@ -181,15 +183,24 @@ impl ConnectionHandle {
         let _ = self.shared.commands.try_send(Command::Ping);
     }
 
+    /// Asks the socket task to write out what tungstenite queued (pongs); dropped if its queue
+    /// is full.
+    pub(crate) fn flush(&self) {
+        let _ = self.shared.commands.try_send(Command::Flush);
+    }
+
     /// Queues a message without waiting. Messages sent while connecting are kept in order.
     pub fn send(&self, payload: Payload) -> Result<(), SendError> {
         if self.status() >= Status::Closing {
             return Err(SendError::NotOpen);
         }
         let len = payload.len();
-        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        // One message bigger than the limit still goes when the queue is empty.
-        if queued > self.shared.max_queued_bytes && queued > len {
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        // Too slow is a queue that is full already, not a large message: a message goes to a
+        // peer whose queue holds less than the bound, however large it is (the host accepted
+        // it; a broadcast shares its bytes). So a queue holds at most the bound plus one
+        // message.
+        if before >= self.shared.max_queued_bytes {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.overflowed();
             return Err(SendError::QueueFull);

@@ -25,24 +25,36 @@ use crate::payload::{Payload, Text};
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-/// Whether something came from the peer since the writer last looked: the reader marks it
-/// on every frame (a store, no clock read); the writer looks at each ping tick.
-struct LastSeen(AtomicBool);
+/// What the reader and the writer of a connection tell each other (flags, no clock reads).
+struct LastSeen {
+    /// Something came from the peer since the writer last looked (at each keepalive tick).
+    heard: AtomicBool,
+    /// The writer is waiting for the socket to take what it writes: the peer is not reading.
+    writing: AtomicBool,
+}
 
 impl LastSeen {
     fn new() -> Self {
-        Self(AtomicBool::new(false))
+        Self {
+            heard: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
+        }
     }
 
     fn touch(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.heard.store(true, Ordering::Relaxed);
     }
 
     /// True if something came since the last call.
     fn take(&self) -> bool {
-        self.0.swap(false, Ordering::Relaxed)
+        self.heard.swap(false, Ordering::Relaxed)
     }
 }
+
+/// Pings a peer may send while the writer waits for it to read, before it is closed as too
+/// slow (1008): tungstenite queues a pong for each, and a peer that pings without reading
+/// would otherwise be kept forever (its unsent pongs are bounded by `max_write_buffer_size`).
+const PINGS_WHILE_STALLED: u32 = 1024;
 
 /// How the reader ended.
 enum ReadEnd {
@@ -236,6 +248,7 @@ where
 {
     let id = handle.id();
     let mut peer_close = None;
+    let mut stalled_pings = 0u32;
     // Made once: a future made anew on every message would register and unregister itself
     // with the token each time.
     let stopped = done.cancelled();
@@ -258,7 +271,28 @@ where
                 });
                 continue;
             }
-            Some(Ok(_)) => continue, // ping/pong: answered by tungstenite
+            Some(Ok(Message::Ping(_))) => {
+                // tungstenite answers pings itself, queueing the pongs; the writer flushes
+                // them now and then, and a peer that keeps pinging while it does not read
+                // them is flooding, not keeping alive.
+                if last_seen.writing.load(Ordering::Relaxed) {
+                    stalled_pings += 1;
+                    if stalled_pings >= PINGS_WHILE_STALLED {
+                        return ReadEnd::Failed {
+                            kind: ErrorKind::SlowPeer,
+                            code: 1008,
+                            message: "the peer does not read but keeps sending pings: closed \
+                                      with 1008"
+                                .into(),
+                        };
+                    }
+                } else {
+                    handle.flush();
+                    stalled_pings = 0;
+                }
+                continue;
+            }
+            Some(Ok(_)) => continue, // pong
             Some(Err(e)) => return read_failure(e, peer_close),
             None => return ReadEnd::Closed { peer_close },
         };
@@ -286,6 +320,11 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
     }
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => ReadEnd::Closed { peer_close },
+        WsError::WriteBufferFull(_) => ReadEnd::Failed {
+            kind: ErrorKind::SlowPeer,
+            code: 1008,
+            message: "the peer does not read: outgoing buffer full, closed with 1008".into(),
+        },
         WsError::Capacity(e) => ReadEnd::Failed {
             kind: ErrorKind::TooBig,
             code: 1009,
@@ -294,7 +333,7 @@ fn read_failure(e: WsError, peer_close: Option<(u16, String)>) -> ReadEnd {
         WsError::Utf8(e) => ReadEnd::Failed {
             kind: ErrorKind::Protocol,
             code: 1007,
-            message: format!("invalid UTF-8 in a text message: {e}"),
+            message: format!("invalid UTF-8 in a text message or a close reason: {e}"),
         },
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Failed {
             kind: ErrorKind::Io,
@@ -355,6 +394,7 @@ where
         // What to write now: a batch of messages (feeding what is queued, then flushing
         // once: pipelined sends share a syscall), or a ping; and a close to send after it.
         let (batch, extra, then_close) = match cmd {
+            Some(Command::Flush) => (Vec::new(), None, None),
             Some(Command::Send(payload)) => {
                 let mut batch = vec![payload];
                 let mut then_close = None;
@@ -365,7 +405,7 @@ where
                             then_close = Some((code, reason));
                             break;
                         }
-                        Ok(Command::Ping) | Err(_) => break,
+                        Ok(Command::Ping | Command::Flush) | Err(_) => break,
                     }
                 }
                 (batch, None, then_close)
@@ -384,19 +424,25 @@ where
             Some(Command::Close { code, reason }) => (Vec::new(), None, Some((code, reason))),
             None => break WriteEnd::ReaderDone,
         };
-        if !batch.is_empty() || extra.is_some() {
+        {
             let written = tokio::select! {
                 // The write first: when it is done at once, nothing else is polled.
                 biased;
-                r = write_batch(&mut sink, batch, extra, handle) => r.is_ok(),
-                _ = &mut ended => false,
-                _ = &mut overflowed => false,
+                r = async {
+                    last_seen.writing.store(true, Ordering::Relaxed);
+                    let r = write_batch(&mut sink, batch, extra, handle).await;
+                    last_seen.writing.store(false, Ordering::Relaxed);
+                    r
+                } => r,
+                _ = &mut ended => Err(WsError::ConnectionClosed),
+                _ = &mut overflowed => Err(WsError::ConnectionClosed),
             };
-            if !written {
-                if overflow.is_cancelled() {
-                    break WriteEnd::Overflow;
-                }
-                break WriteEnd::ReaderDone;
+            match written {
+                Ok(()) => {}
+                // tungstenite's own buffer is full (unanswered pings piled up).
+                Err(WsError::WriteBufferFull(_)) => break WriteEnd::Overflow,
+                Err(_) if overflow.is_cancelled() => break WriteEnd::Overflow,
+                Err(_) => break WriteEnd::ReaderDone,
             }
         }
         if let Some((code, reason)) = then_close {

@@ -52,6 +52,8 @@ pub struct ListenOptions {
     pub static_root: Option<PathBuf>,
     /// Accept TLS (https/wss) with this.
     pub tls: Option<TlsAcceptor>,
+    /// Serve files and folders whose name starts with a dot (`.env`, `.git/`).
+    pub dotfiles: bool,
 }
 
 /// A TLS acceptor for a certificate chain and its private key (PEM files).
@@ -463,7 +465,7 @@ async fn handle_request(
         && header_has_token(&req, header::CONNECTION, "upgrade")
         && header_has_token(&req, header::UPGRADE, "websocket");
     if !is_upgrade && let Some(root) = &shared.options.static_root {
-        return super::static_files::serve(req, root).await;
+        return super::static_files::serve(req, root, shared.options.dotfiles).await;
     }
     if !is_upgrade {
         let mut res = plain(
@@ -482,9 +484,23 @@ async fn handle_request(
         );
         return res;
     }
+    if req.version() != hyper::Version::HTTP_11 {
+        // RFC 6455 4.1: the upgrade is an HTTP/1.1 request (1.0 has no Upgrade).
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "A WebSocket upgrade needs HTTP/1.1.\n",
+        );
+    }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return plain(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key.\n");
     };
+    // RFC 6455 4.2.1: the key is 16 bytes, base64-encoded.
+    if data_encoding::BASE64
+        .decode(key.as_bytes())
+        .map_or(true, |k| k.len() != 16)
+    {
+        return plain(StatusCode::BAD_REQUEST, "Bad Sec-WebSocket-Key.\n");
+    }
     let route = shared
         .routes
         .read()

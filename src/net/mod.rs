@@ -51,10 +51,18 @@ pub struct NetConfig {
 
 impl NetConfig {
     fn websocket(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
+        let config = WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size)
             .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_frame_size))
+            .max_frame_size(Some(self.max_frame_size));
+        // What tungstenite may hold unwritten: our own sends come from a queue already bounded
+        // (one message over the bound goes through), but it queues the answers to a peer's
+        // pings itself, and a peer that pings without reading would grow them without end.
+        // Over this, writing fails and the peer is closed as too slow (1008).
+        let most = config.write_buffer_size
+            + self.send_queue_bytes.max(self.max_message_size)
+            + (64 << 10);
+        config.max_write_buffer_size(most)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Static files on the WebSocket port (tower-http's `ServeDir`): content types, `index.html`
 //! for a folder, 404, HEAD and conditional GET come from it. This module adds one rule it
 //! does not have: no path may lead out of the folder, through `..` (ServeDir refuses those
-//! too) or through a symbolic link.
+//! too) or through a symbolic link; and files or folders whose name starts with a dot
+//! (`.env`, `.git/`) are not served unless the server says so (`staticDotfiles`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -15,9 +16,9 @@ use tower_http::services::ServeDir;
 
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Serves `req` from the folder `root` (canonical).
-pub async fn serve(req: Request<Incoming>, root: &Path) -> Response<Body> {
-    if !stays_inside(req.uri().path(), root) {
+/// Serves `req` from the folder `root` (canonical); `dotfiles`: serve hidden names too.
+pub async fn serve(req: Request<Incoming>, root: &Path, dotfiles: bool) -> Response<Body> {
+    if !stays_inside(req.uri().path(), root) || (!dotfiles && hidden(req.uri().path())) {
         return not_found();
     }
     let service = ServeDir::new(root).append_index_html_on_directories(true);
@@ -35,6 +36,12 @@ fn not_found() -> Response<Body> {
     );
     *res.status_mut() = StatusCode::NOT_FOUND;
     res
+}
+
+/// True if a part of the (decoded) URL path starts with a dot.
+fn hidden(url_path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(url_path).decode_utf8_lossy();
+    decoded.split('/').any(|part| part.starts_with('.'))
 }
 
 /// True if the file the URL path names (after decoding) is inside `root`, symbolic links

@@ -94,6 +94,12 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
     if value.is_unit() {
         return Err("cannot send (): give a string, a Blob, an object or an array".into());
     }
+    if super::bounds::too_deep(value, super::bounds::MAX_DEPTH) {
+        return Err(format!(
+            "cannot send arrays or maps nested deeper than {} levels as JSON",
+            super::bounds::MAX_DEPTH
+        ));
+    }
     if value.is_map() || value.is_array() || value.is_int() || value.is_float() || value.is_bool() {
         return serde_json::to_string(value)
             .map(Payload::text)

@@ -103,6 +103,7 @@ pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
     // Sandbox: no `import` from disk, no `eval` of strings.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     engine.disable_symbol("eval");
+    super::bounds::register(&mut engine, budget.max_memory);
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| {
         tracing::debug!("{}:{}: {s}", src.unwrap_or("script"), pos);

@@ -4,6 +4,7 @@
 //! [`ConnectionHandle`](crate::event::ConnectionHandle)s and the listener table.
 
 mod api;
+mod bounds;
 pub mod check;
 mod classes;
 mod client;

@@ -59,6 +59,7 @@ pub(super) struct ServerOptions {
     pub origins: Option<Vec<String>>,
     pub static_root: Option<std::path::PathBuf>,
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub static_dotfiles: bool,
 }
 
 fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<ServerOptions> {
@@ -72,6 +73,7 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
         origins: None,
         static_root: defaults.static_root,
         tls: defaults.tls,
+        static_dotfiles: false,
     };
     // Relative paths in options are relative to the folder of the script that says them.
     let here = ctx.classes.borrow().dir_of(ncc.call_source());
@@ -131,6 +133,11 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
                     .ok_or_else(|| bad_option("origins", "an array of strings", &value))?;
                 opts.origins = Some(list);
             }
+            "staticDotfiles" => {
+                opts.static_dotfiles = value
+                    .as_bool()
+                    .map_err(|_| bad_option("staticDotfiles", "true or false", &value))?;
+            }
             "staticDir" | "static" => {
                 if value.is_unit() {
                     opts.static_root = None;
@@ -167,7 +174,7 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
             other => {
                 return Err(format!(
                     "unknown option {other:?} for WebSocketServer.new \
-                     (known: port, host, path, dataType, maxConnections, origins, staticDir, tls)"
+                     (known: port, host, path, dataType, maxConnections, origins, staticDir, staticDotfiles, tls)"
                 )
                 .into());
             }
@@ -211,6 +218,7 @@ fn new_server(
     let listen_options = crate::net::ListenOptions {
         static_root: opts.static_root.clone(),
         tls,
+        dotfiles: opts.static_dotfiles,
     };
     let (port_to_bind, plan) = ctx.top_level.port_to_bind(opts.port);
     let listened = ctx.net.listen(
