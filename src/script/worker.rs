@@ -41,8 +41,11 @@ pub struct WorkerOptions {
     /// Told once the entry script's top level has run (or failed).
     pub started: Option<std::sync::mpsc::Sender<()>>,
     /// The embedding program's own functions: run on the engine after the script API.
-    pub extend_engine: Option<Arc<dyn Fn(&mut Engine) + Send + Sync>>,
+    pub extend_engine: Option<ExtendEngine>,
 }
+
+/// Adds an embedding program's own functions to a worker's engine.
+pub type ExtendEngine = Arc<dyn Fn(&mut Engine) + Send + Sync>;
 
 /// One test: a `test_…` function of the entry script (or its top level when None).
 #[derive(Clone, Debug)]
