@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::host::{Host, HostConfig};
-use crate::script::Exit;
+use crate::host::{Exit, Host, HostConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +35,15 @@ enum Command {
         /// Script files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Connect to a WebSocket server by hand: lines typed (or piped in) are sent as text
+    /// messages, messages received are printed; Ctrl-D closes with 1000.
+    Connect {
+        /// ws:// or wss:// URL.
+        url: String,
+        /// An extra upgrade-request header, NAME:VALUE (repeatable).
+        #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+        headers: Vec<String>,
     },
 }
 
@@ -168,7 +176,7 @@ struct RunArgs {
     #[command(flatten)]
     limits: LimitArgs,
     /// Serve the files of this folder over HTTP on the servers' port (servers whose options
-    /// have no `static`).
+    /// have no `staticDir`).
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
     /// TLS certificate chain (PEM) for servers whose options have no `tls`; needs --tls-key.
@@ -219,6 +227,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Check { files } => check(&files),
         Command::Test(args) => test(args),
+        Command::Connect { url, headers } => crate::connect::run(&url, &headers),
     }
 }
 
@@ -277,14 +286,12 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: no such CA file: {}", ca.display());
         return ExitCode::from(2);
     }
-    let mut config = HostConfig {
-        host: args.host,
-        port: args.port,
-        args: args.args,
-        watch: (!args.no_watch).then_some(RELOAD_DEBOUNCE),
-        workers: args.workers.clamp(1, 64),
-        ..HostConfig::default()
-    };
+    let mut config = HostConfig::default();
+    config.host = args.host;
+    config.port = args.port;
+    config.args = args.args;
+    config.watch = (!args.no_watch).then_some(RELOAD_DEBOUNCE);
+    config.workers = args.workers.clamp(1, 64);
     config.net.extra_ca = args.ca_file;
     if let Some(dir) = &args.static_dir {
         match dir.canonicalize() {
@@ -313,13 +320,12 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match host.wait(true) {
+    match host.wait_with_signals() {
         Exit::Finished => ExitCode::SUCCESS,
         Exit::ScriptFailed(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
-        Exit::Test(_) => ExitCode::SUCCESS,
         Exit::ListenFailed(messages) => {
             for m in messages {
                 eprintln!("error: {m}");
@@ -330,6 +336,11 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
+    // A missing file is bad input, as for `run`: exit 2 before anything is compiled.
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        eprintln!("error: no such script: {}", missing.display());
+        return ExitCode::from(2);
+    }
     let mut failed = 0;
     for checked in crate::script::check::check(files) {
         match checked.result {

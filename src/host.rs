@@ -1,34 +1,49 @@
-//! A host: the async runtime for the network, one script worker, and a graceful stop.
+//! A host: the async runtime for the network, the script workers, and a graceful stop.
 //!
 //! This is what `wshost run` and an embedding program use. It owns the order of shutdown:
-//! tell the worker, which closes every connection with 1001 and runs every `onTerminate`,
-//! then wait for it a bounded time.
+//! tell the workers, which close every connection with 1001 and run every `onTerminate`,
+//! then wait for them a bounded time.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::net::{NetConfig, Network};
-use crate::script::{self, Budget, Defaults, Exit, WorkerOptions};
+use crate::script::{self, Budget, Defaults, ScriptError, WorkerOptions};
 
 /// `maxConnections` of a server unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// Everything a host can be told; `Default` gives the documented defaults.
+/// Everything a host can be told; `Default` gives the documented defaults (those of
+/// `wshost run` without flags, but no hot reload).
+///
+/// Fields may be added in later versions, so a config is made from `HostConfig::default()`
+/// and then changed:
+///
+/// ```
+/// let mut config = wshost::HostConfig::default();
+/// config.port = 0; // any free port; read it back with `Host::ports`
+/// config.args = vec!["--verbose".into()];
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct HostConfig {
     /// Address servers bind when their options have no `host`.
     pub host: String,
-    /// Port servers listen on when their options have no `port`.
+    /// Port servers listen on when their options have no `port` (0: any free port).
     pub port: u16,
     /// `maxConnections` of servers whose options do not set it.
     pub max_connections: usize,
-    /// `static` folder of servers whose options do not set it.
+    /// `staticDir` of servers whose options do not set it.
     pub static_root: Option<PathBuf>,
     /// `tls` (certificate chain, private key; PEM files) of servers whose options do not set it.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Limits of the network side (message sizes, queues, timeouts).
     pub net: NetConfig,
+    /// Limits of each callback (operations, time, memory).
     pub budget: Budget,
     /// How long a graceful stop may take before the host gives up waiting.
     pub shutdown_timeout: Duration,
@@ -38,6 +53,8 @@ pub struct HostConfig {
     pub watch: Option<Duration>,
     /// Script workers (threads, each with its own engine running the script).
     pub workers: usize,
+    /// The program's own additions to the script API (see [`HostConfig::with_globals`]).
+    globals: Option<Globals>,
 }
 
 impl Default for HostConfig {
@@ -54,15 +71,86 @@ impl Default for HostConfig {
             args: Vec::new(),
             watch: None,
             workers: 1,
+            globals: None,
         }
     }
 }
 
-/// A host running one entry script.
+impl HostConfig {
+    /// Adds the program's own functions (or types) to the script API: `register` runs on the
+    /// engine of each script worker, on its thread, after wshost's own globals are
+    /// registered, so a name given here wins over a global of the same name.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::Arc;
+    ///
+    /// let users = Arc::new(HashMap::from([("t0k3n".to_string(), "ada".to_string())]));
+    /// let config = wshost::HostConfig::default().with_globals(move |engine| {
+    ///     let users = users.clone();
+    ///     // In scripts: `lookup_user(token)` is the user's name, or `()`.
+    ///     engine.register_fn("lookup_user", move |token: &str| -> wshost::rhai::Dynamic {
+    ///         users.get(token).cloned().map(Into::into).unwrap_or_default()
+    ///     });
+    /// });
+    /// ```
+    pub fn with_globals(
+        mut self,
+        register: impl Fn(&mut rhai::Engine) + Send + Sync + 'static,
+    ) -> Self {
+        self.globals = Some(Globals(Arc::new(register)));
+        self
+    }
+}
+
+/// The function [`HostConfig::with_globals`] was given.
+#[derive(Clone)]
+struct Globals(Arc<dyn Fn(&mut rhai::Engine) + Send + Sync>);
+
+impl fmt::Debug for Globals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Globals(..)")
+    }
+}
+
+/// How a host ended (what [`Host::wait`] returns).
+#[derive(Debug)]
+pub enum Exit {
+    /// Everything the scripts created has ended, or a stop closed it.
+    Finished,
+    /// The entry script did not compile or its top level failed.
+    ScriptFailed(ScriptError),
+    /// A server of the entry script's top level could not listen (one message each).
+    ListenFailed(Vec<String>),
+}
+
+impl From<script::Exit> for Exit {
+    fn from(exit: script::Exit) -> Self {
+        match exit {
+            script::Exit::Finished | script::Exit::Test(Ok(())) => Exit::Finished,
+            script::Exit::ScriptFailed(e) | script::Exit::Test(Err(e)) => Exit::ScriptFailed(e),
+            script::Exit::ListenFailed(messages) => Exit::ListenFailed(messages),
+        }
+    }
+}
+
+/// A host running one entry script: its servers, clients and timers, on script workers.
+///
+/// ```no_run
+/// let mut config = wshost::HostConfig::default();
+/// config.port = 0;
+/// let host = wshost::Host::start("scripts/echo.rhai", config)?;
+/// println!("echo on ws://127.0.0.1:{}/", host.ports()[0]);
+/// let stop = host.stop_handle(); // stop.stop() from any thread ends it gracefully
+/// let exit = host.wait_with_signals(); // until the script is done, or Ctrl-C / SIGTERM
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub struct Host {
     runtime: tokio::runtime::Runtime,
     workers: Vec<script::WorkerHandle>,
     shutdown_timeout: Duration,
+    /// The ports the first worker's top-level servers got, in creation order.
+    ports: Arc<Mutex<Vec<u16>>>,
 }
 
 /// Asks a running host to stop gracefully; cheap to clone, usable from any thread.
@@ -70,6 +158,8 @@ pub struct Host {
 pub struct StopHandle(Vec<flume::Sender<crate::event::Event>>);
 
 impl StopHandle {
+    /// Servers stop accepting, every connection gets a close frame `1001` (going away), every
+    /// `onTerminate` runs, clients are closed and timers dropped; then [`Host::wait`] returns.
     pub fn stop(&self) {
         for worker in &self.0 {
             let _ = worker.send(crate::event::Event::Shutdown);
@@ -88,13 +178,18 @@ pub(crate) fn net_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 impl Host {
-    /// Starts the runtime and `config.workers` workers running `entry`. The first worker runs
-    /// the top level alone, so the others' servers join its ports; returns then.
+    /// Starts the network and `config.workers` script workers running `entry`, and returns
+    /// once the entry script's top level has run: its servers listen by then.
+    ///
+    /// An error here is the host failing to start (threads, runtime, a bad `--ca-file`). A
+    /// script that does not compile, fails at its top level or cannot listen is reported by
+    /// [`Host::wait`], which then returns at once.
     pub fn start(entry: impl Into<PathBuf>, config: HostConfig) -> anyhow::Result<Self> {
         let runtime = net_runtime()?;
         let net = Network::new(runtime.handle().clone(), config.net)?;
         let entry = entry.into();
-        let port_plan: std::sync::Arc<std::sync::Mutex<Vec<u16>>> = Default::default();
+        // The first worker records its top-level servers' ports here; the others join them.
+        let port_plan: Arc<Mutex<Vec<u16>>> = Default::default();
         let mut workers = Vec::new();
         for index in 0..config.workers.max(1) {
             let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -116,7 +211,7 @@ impl Host {
                     index,
                     port_plan: port_plan.clone(),
                     started: Some(started_tx),
-                    extend_engine: None,
+                    extend_engine: config.globals.as_ref().map(|g| g.0.clone()),
                 },
             )
             .context("cannot start a script worker")?;
@@ -133,31 +228,49 @@ impl Host {
             runtime,
             workers,
             shutdown_timeout: config.shutdown_timeout,
+            ports: port_plan,
         })
     }
 
+    /// The ports the servers of the entry script's top level listen on, in the order it
+    /// created them (with `port: 0`, the port the system gave). Servers made later, in
+    /// callbacks, are not listed; a server that could not listen is `0`.
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.lock().unwrap().clone()
+    }
+
+    /// A handle that stops the host gracefully from anywhere, e.g. another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.workers.iter().map(|w| w.events.clone()).collect())
     }
 
-    /// Waits until the scripts are done, stopping gracefully on SIGINT/SIGTERM when
-    /// `signals`. The first worker's exit is the host's, unless another one failed.
-    pub fn wait(self, signals: bool) -> Exit {
+    /// Waits until the scripts are done: nothing they created is left, or a
+    /// [`StopHandle::stop`] has closed everything. Signals are left to the program.
+    pub fn wait(self) -> Exit {
+        self.wait_until_done(Signals::Ignore)
+    }
+
+    /// As [`Host::wait`], and SIGINT (Ctrl-C) or SIGTERM stops the host gracefully, within
+    /// [`HostConfig::shutdown_timeout`]: what `wshost run` does.
+    pub fn wait_with_signals(self) -> Exit {
+        self.wait_until_done(Signals::Stop)
+    }
+
+    /// The first worker's exit is the host's, unless another one failed.
+    fn wait_until_done(self, signals: Signals) -> Exit {
         let stop = self.stop_handle();
         let Host {
             runtime,
             workers,
             shutdown_timeout,
+            ports: _,
         } = self;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut exit = None;
             for worker in workers {
-                let e = worker.thread.join().unwrap_or_else(|_| {
-                    Exit::ScriptFailed(crate::script::ScriptError::plain(
-                        "wshost",
-                        "a script worker panicked",
-                    ))
+                let e = worker.thread.join().map(Exit::from).unwrap_or_else(|_| {
+                    Exit::ScriptFailed(ScriptError::plain("wshost", "a script worker panicked"))
                 });
                 exit = match (exit, e) {
                     (None, e) => Some(e),
@@ -167,11 +280,12 @@ impl Host {
             }
             let _ = done_tx.send(exit.unwrap_or(Exit::Finished));
         });
+        let on_signals = signals == Signals::Stop;
         let exit = runtime.block_on(async move {
             let mut done_rx = done_rx;
             tokio::select! {
                 exit = &mut done_rx => return exit.ok(),
-                _ = stop_signal(), if signals => {}
+                _ = stop_signal(), if on_signals => {}
             }
             tracing::info!("stopping: closing every connection (1001)");
             stop.stop();
@@ -188,6 +302,13 @@ impl Host {
         runtime.shutdown_timeout(Duration::from_millis(500));
         exit.unwrap_or(Exit::Finished)
     }
+}
+
+/// Whether SIGINT/SIGTERM stop the host while it is waited for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signals {
+    Ignore,
+    Stop,
 }
 
 async fn stop_signal() {

@@ -50,6 +50,28 @@ fn missing_file_is_one_line_and_exit_2() {
 }
 
 #[test]
+fn check_of_a_missing_file_is_one_line_and_exit_2() {
+    let (status, stdout, stderr) = run_cli(&["check", "scripts/echo.rhai", "no/such/file.rhai"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no/such/file.rhai"), "{stderr}");
+    // Nothing is checked when the input is bad.
+    assert_eq!(stdout, "");
+}
+
+#[test]
+fn help_of_static_names_the_server_option_static_dir() {
+    let (status, stdout, _) = run_cli(&["run", "--help"]);
+    assert!(status.success());
+    let static_help = stdout
+        .split("--static <DIR>")
+        .nth(1)
+        .expect("--static in the help");
+    let static_help = &static_help[..static_help.find("--tls-cert").unwrap_or(static_help.len())];
+    assert!(static_help.contains("`staticDir`"), "{static_help}");
+}
+
+#[test]
 fn unknown_option_is_one_line_and_exit_2() {
     let (status, _, stderr) = run_cli(&["run", "scripts/echo.rhai", "--prot", "1"]);
     assert_eq!(status.code(), Some(2));
@@ -95,4 +117,48 @@ fn scripts_cannot_import_files_or_eval_strings() {
     let (status, _, stderr) = run_cli(&["check", &fixture("sandbox_eval.rhai")]);
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("sandbox_eval.rhai:2:"), "{stderr}");
+}
+
+#[test]
+fn run_script_paths_are_relative_to_the_test_file_then_to_the_working_directory() {
+    // The test file is far from the working directory (the repo root): `server.rhai` is found
+    // beside it, `scripts/echo.rhai` (not beside it) from the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(
+        dir.path().join("server.rhai"),
+        r#"WebSocketServer.new(#{ onConnection: |wss, event| #{ onMessage: |ws, event| ws.send("beside: " + event.data) } });"#,
+    )
+    .unwrap();
+    let test = dir.path().join("sub/paths.rhai");
+    std::fs::write(
+        &test,
+        r#"
+fn ask(port) {
+    let got = [];
+    WebSocket.new(`ws://127.0.0.1:${port}/`, #{
+        onOpen: |ws, event| ws.send("hi"),
+        onMessage: |ws, event| got.push(event.data),
+    });
+    wait_until(|| got.len() == 1);
+    got[0]
+}
+
+fn test_beside_the_test_file() {
+    let port = free_port();
+    run_script("../server.rhai", #{ port: port });
+    assert_eq(ask(port), "beside: hi");
+}
+
+fn test_from_the_working_directory() {
+    let port = free_port();
+    run_script("scripts/echo.rhai", #{ port: port });
+    assert_eq(ask(port), "hi");
+}
+"#,
+    )
+    .unwrap();
+    let (status, stdout, stderr) = run_cli(&["test", test.to_str().unwrap()]);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.ends_with("2 passed, 0 failed\n"), "{stdout}");
 }

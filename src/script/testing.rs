@@ -4,7 +4,7 @@
 //! `wait_until` and `sleep` keep dispatching events and timers while the test waits, so the
 //! servers and clients a test made go on working; they run on the test's own worker.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -177,10 +177,11 @@ fn run_script(ctx: &Rc<Ctx>, ncc: &NativeCallContext, path: &str, options: Map) 
             }
         }
     }
+    let file = script_path(ctx, ncc, path);
     let ast = ctx
         .classes
         .borrow_mut()
-        .load_script(ncc.engine(), Path::new(path), &mut ctx.sources.borrow_mut())
+        .load_script(ncc.engine(), &file, &mut ctx.sources.borrow_mut())
         .map_err(|e| format!("run_script: {e}"))?;
     *ctx.defaults.borrow_mut() = defaults;
     let result = ncc.engine().run_ast_with_scope(&mut Scope::new(), &ast);
@@ -189,4 +190,38 @@ fn run_script(ctx: &Rc<Ctx>, ncc: &NativeCallContext, path: &str, options: Map) 
         let err = super::error::ScriptError::from_eval(&e, path, &ctx.sources.borrow());
         format!("run_script: {err}").into()
     })
+}
+
+/// A `run_script` path names a file relative to the folder of the file that calls it; when
+/// no such file is there, relative to the working directory (how paths were read before, and
+/// how `scripts/chat.rhai` from the repository root reads).
+fn script_path(ctx: &Ctx, ncc: &NativeCallContext, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let beside = ctx.classes.borrow().dir_of(ncc.call_source()).join(path);
+    if beside.is_file() {
+        without_dot_dots(&beside)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// `tests/scripts/../../scripts/chat.rhai` as `scripts/chat.rhai`, so that one file has one
+/// name in messages (and is loaded once).
+fn without_dot_dots(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
