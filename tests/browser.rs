@@ -1,8 +1,8 @@
 //! The chat page in a real browser: headless Chromium driven by playwright-core
 //! (tests/browser/chat.mjs) against `wshost run scripts/chat.rhai`, which serves the page and
 //! the socket on one port. Two pages join, one sends, the other shows it; the screenshot is
-//! kept as target/browser-chat.png. Without Chromium, Node or playwright-core (.ci/run
-//! installs them) the test says SKIPPED and why.
+//! kept as target/browser-chat.png. Without Chromium, Node or playwright-core the test is
+//! skipped, saying why (in CI, where .ci/run installs them, it fails: see `common::skip`).
 
 mod common;
 
@@ -34,8 +34,10 @@ fn missing_tool() -> Option<String> {
 #[test]
 fn two_browser_pages_chat_through_the_page_the_server_serves() {
     if let Some(why) = missing_tool() {
-        eprintln!("SKIPPED two_browser_pages_chat_through_the_page_the_server_serves: {why}");
-        return;
+        return skip(
+            "browser::two_browser_pages_chat_through_the_page_the_server_serves",
+            &why,
+        );
     }
     let host = Host::start("scripts/chat.rhai");
     let screenshot = repo().join("target/browser-chat.png");

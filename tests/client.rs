@@ -215,11 +215,10 @@ fn against_an_independent_python_server() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_websockets {
-        eprintln!(
-            "SKIPPED against_an_independent_python_server: python3 with the `websockets` \
-             package is not installed (pip install websockets)"
+        return skip(
+            "client::against_an_independent_python_server",
+            "python3 with the `websockets` package is not installed (pip install websockets)",
         );
-        return;
     }
     let mut py = std::process::Command::new("python3")
         .args(["-c", PYTHON_SERVER])

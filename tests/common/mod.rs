@@ -61,7 +61,23 @@ impl Host {
             .arg("run")
             .arg(script)
             .args(["--port", "0"])
-            .args(args)
+            .args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (a host started some other way, e.g. through `cargo run`) from the repo
+    /// root and waits until it listens, at most `timeout`.
+    pub fn start_command(cmd: Command, timeout: Duration) -> Host {
+        let mut host = Self::spawn_command(cmd);
+        let line = host
+            .wait_stderr("listening on ", timeout)
+            .unwrap_or_else(|| panic!("wshost did not listen; stderr:\n{}", host.stderr()));
+        host.port = port_of(&line);
+        host
+    }
+
+    fn spawn_command(mut cmd: Command) -> Host {
+        cmd.current_dir(repo())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -217,6 +233,33 @@ pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Says that `test` could not run because `why` (a tool it needs is missing), and returns so
+/// the test can `return`. In CI (`CI=true`, as `.ci/run` sets it, which installs the tools)
+/// that is a failure. Elsewhere the test is skipped, and says so where it is seen: libtest
+/// captures what a passing test prints with `eprintln!`, but not a write to the stderr handle
+/// itself; and a line in `target/skipped-tests.txt`, which `.ci/run` counts as skipped.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test} cannot run: {why} (CI=true: a missing tool is a failure)");
+    }
+    let line = format!("SKIPPED: {test}: {why}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skipped_tests_file())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+}
+
+/// `target/skipped-tests.txt` (beside the profile folder of the binary under test).
+pub fn skipped_tests_file() -> PathBuf {
+    let profile = Path::new(bin()).parent().expect("profile folder");
+    profile
+        .parent()
+        .unwrap_or(profile)
+        .join("skipped-tests.txt")
 }
 
 pub fn fixture(name: &str) -> String {
