@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
 
 const SCRIPT: &str = "tests/fixtures/hostile.rhai";
 
@@ -265,4 +266,32 @@ async fn dotfiles_under_the_static_folder_are_not_served() {
         let status = answer(host.port, &get(path)).await;
         assert!(status.contains(" 404 "), "{path}: {status}");
     }
+}
+
+#[tokio::test]
+async fn an_invalid_close_code_from_the_peer_is_reported() {
+    let host = Host::start(SCRIPT);
+    let mut tcp = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
+    tcp.write_all(upgrade(Some("dGhlIHNhbXBsZSBub25jZQ=="), "1.1").as_bytes())
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    // A close frame with code 999 (not a code a peer may send), masked.
+    let mut close = Frame::message(
+        999u16.to_be_bytes().to_vec(),
+        OpCode::Control(Control::Close),
+        true,
+    );
+    close.header_mut().mask = Some([9, 8, 7, 6]);
+    let mut bytes = Vec::new();
+    close.format(&mut bytes).unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+    assert!(
+        host.wait_stdout("onTerminate 1002", TIMEOUT).is_some(),
+        "{}",
+        host.stdout()
+    );
+    assert!(host.stdout().contains("onError 21: "), "{}", host.stdout());
 }

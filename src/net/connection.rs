@@ -162,7 +162,7 @@ pub(crate) async fn run<S>(
         ),
         (ReadEnd::Closed { peer_close } | ReadEnd::Stopped { peer_close }, end) => {
             match (end, peer_close) {
-                (_, Some(peer)) => (None, peer.0, peer.1),
+                (_, Some(peer)) => (invalid_close(&peer), peer.0, peer.1),
                 (WriteEnd::SentClose(code, reason), None) => (None, code, reason),
                 (_, None) => (None, 1006, String::new()),
             }
@@ -306,6 +306,17 @@ where
             return ReadEnd::Stopped { peer_close };
         }
     }
+}
+
+/// tungstenite answers a close frame with a code a peer may not send (999, 1004, 1015…) with
+/// 1002 and hands it on as this close; it is the peer's protocol error, reported as one.
+fn invalid_close(peer: &(u16, String)) -> Option<(ErrorKind, String)> {
+    (peer.0 == 1002 && peer.1 == "Protocol violation").then(|| {
+        (
+            ErrorKind::Protocol,
+            "protocol error: the peer's close frame had an invalid close code".to_string(),
+        )
+    })
 }
 
 fn text_from(text: Utf8Bytes) -> Text {
