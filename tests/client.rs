@@ -212,6 +212,7 @@ asyncio.run(main())
 fn against_an_independent_python_server() {
     let has_websockets = std::process::Command::new("python3")
         .args(["-c", "import websockets"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !has_websockets {
