@@ -45,6 +45,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Exit::ScriptFailed(e) => bail!("{e:#}"),
-        Exit::ListenFailed(messages) => bail!("{}", messages.join("; ")),
+        other => bail!("{other:?}"),
     }
 }
