@@ -332,6 +332,8 @@ fn run(args: RunArgs) -> ExitCode {
             }
             ExitCode::from(2)
         }
+        // Logged already; a stop that was not clean is not a success.
+        Exit::StopForced => ExitCode::from(3),
     }
 }
 

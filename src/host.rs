@@ -122,6 +122,9 @@ pub enum Exit {
     ScriptFailed(ScriptError),
     /// A server of the entry script's top level could not listen (one message each).
     ListenFailed(Vec<String>),
+    /// A stop did not finish within the shutdown timeout (a callback stuck in a native call):
+    /// the host gave up waiting, and peers not closed by then get no close frame.
+    StopForced,
 }
 
 impl From<script::Exit> for Exit {
@@ -151,6 +154,7 @@ pub struct Host {
     shutdown_timeout: Duration,
     /// The ports the first worker's top-level servers got, in creation order.
     ports: Arc<Mutex<Vec<u16>>>,
+    net: Arc<Network>,
 }
 
 /// Asks a running host to stop gracefully; cheap to clone, usable from any thread.
@@ -229,6 +233,7 @@ impl Host {
             workers,
             shutdown_timeout: config.shutdown_timeout,
             ports: port_plan,
+            net,
         })
     }
 
@@ -264,6 +269,7 @@ impl Host {
             workers,
             shutdown_timeout,
             ports: _,
+            net,
         } = self;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
@@ -289,17 +295,28 @@ impl Host {
             }
             tracing::info!("stopping: closing every connection (1001)");
             stop.stop();
-            match tokio::time::timeout(shutdown_timeout, &mut done_rx).await {
+            // A worker busy in a callback cannot close its connections: after a moment the
+            // callbacks running then are interrupted (those of the stop itself still run).
+            let patience = (shutdown_timeout / 5).min(Duration::from_secs(1));
+            if let Ok(exit) = tokio::time::timeout(patience, &mut done_rx).await {
+                return exit.ok();
+            }
+            tracing::warn!("stopping: interrupting the callbacks still running");
+            net.interrupt().raise();
+            match tokio::time::timeout(shutdown_timeout - patience, &mut done_rx).await {
                 Ok(exit) => exit.ok(),
                 Err(_) => {
-                    tracing::warn!(
-                        "stop did not finish within {shutdown_timeout:?}; exiting anyway"
+                    tracing::error!(
+                        "stop did not finish within {shutdown_timeout:?} (a callback stuck in \
+                         a native call?): exiting anyway; connections still open get no close \
+                         frame"
                     );
-                    Some(Exit::Finished)
+                    Some(Exit::StopForced)
                 }
             }
         });
-        runtime.shutdown_timeout(Duration::from_millis(500));
+        // The acceptor only accepts: nothing to wait for.
+        runtime.shutdown_background();
         exit.unwrap_or(Exit::Finished)
     }
 }

@@ -295,3 +295,40 @@ async fn an_invalid_close_code_from_the_peer_is_reported() {
     );
     assert!(host.stdout().contains("onError 21: "), "{}", host.stdout());
 }
+
+#[tokio::test]
+async fn a_stop_interrupts_a_stuck_callback_and_closes_every_connection() {
+    // A callback allowed to loop for a minute: SIGTERM must not wait for it.
+    let mut host = Host::start_with(
+        SCRIPT,
+        &[
+            "--callback-timeout",
+            "60000",
+            "--max-operations",
+            "1000000000000",
+        ],
+    );
+    let mut stuck = connect(&host.url("/sock")).await;
+    let mut other = connect(&host.url("/sock")).await;
+    send_text(&mut other, "hello").await;
+    assert_eq!(recv_text(&mut other).await, "echo hello");
+    send_text(&mut stuck, "spin").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    host.terminate();
+    // Both peers get a close frame (1001), not a bare TCP close; the process exits 0.
+    assert_eq!(recv_close(&mut other).await.0, 1001);
+    let status = host.wait_exit(Duration::from_secs(6)).expect("exited");
+    assert!(status.success(), "{status:?}\n{}", host.stderr());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        host.stderr().contains("the host is stopping"),
+        "{}",
+        host.stderr()
+    );
+    let _ = stuck;
+}

@@ -213,9 +213,16 @@ pub struct Network {
     config: Arc<NetConfig>,
     tls: Arc<rustls::ClientConfig>,
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
+    /// Raised when the host stops: the workers' running callbacks are interrupted.
+    interrupt: crate::script::Interrupt,
 }
 
 impl Network {
+    /// What stops the callbacks running now on every worker of this host.
+    pub fn interrupt(&self) -> &crate::script::Interrupt {
+        &self.interrupt
+    }
+
     /// Fails only if the extra CA file of `config` cannot be used.
     pub fn new(runtime: tokio::runtime::Handle, config: NetConfig) -> anyhow::Result<Arc<Self>> {
         let tls = super::client::tls_config(config.extra_ca.as_deref())?;
@@ -224,6 +231,7 @@ impl Network {
             config: Arc::new(config),
             tls,
             listeners: Mutex::new(HashMap::new()),
+            interrupt: Default::default(),
         }))
     }
 

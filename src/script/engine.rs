@@ -2,6 +2,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rhai::{Engine, Token};
@@ -34,42 +36,83 @@ impl Default for Budget {
     }
 }
 
+/// A host's request that the callbacks running now stop: a stop (SIGTERM) must not wait for
+/// a callback stuck in a loop. Callbacks that start after it run as usual (the `onTerminate`s
+/// of the stop itself).
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt(Arc<AtomicU64>);
+
+impl Interrupt {
+    /// Stops every callback running now (at its next check, within 1,024 operations).
+    pub fn raise(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The deadline of the callback running now, checked by the engine as it goes.
 ///
 /// A stack: a callback dispatched while another script waits (`wait_until` in a test) has a
 /// deadline of its own, and the outer one still holds. Each entry also holds the thread's
-/// allocation count when the callback started, for the memory budget.
+/// allocation count when the callback started, for the memory budget, and the host's
+/// interrupt count then.
 #[derive(Clone, Default)]
-pub struct Deadline(Rc<RefCell<Vec<(Instant, i64)>>>);
+pub struct Deadline {
+    stack: Rc<RefCell<Vec<(Instant, i64, u64)>>>,
+    interrupt: Interrupt,
+}
 
 impl Deadline {
+    /// Callbacks under this deadline also stop when `interrupt` is raised.
+    pub fn new(interrupt: Interrupt) -> Self {
+        Self {
+            stack: Rc::default(),
+            interrupt,
+        }
+    }
+
     pub fn start(&self, budget: &Budget) {
         self.start_for(budget.max_time);
     }
 
     pub fn start_for(&self, time: Duration) {
         let mem = crate::alloc::thread_net();
-        self.0.borrow_mut().push((Instant::now() + time, mem));
+        let epoch = self.interrupt.epoch();
+        self.stack
+            .borrow_mut()
+            .push((Instant::now() + time, mem, epoch));
+    }
+
+    /// True if the host asked the innermost running callback to stop.
+    fn interrupted(&self) -> bool {
+        let epoch = self.interrupt.epoch();
+        self.stack
+            .borrow()
+            .last()
+            .is_some_and(|(_, _, started)| *started != epoch)
     }
 
     /// Bytes the innermost running callback has allocated and kept.
     fn memory_used(&self) -> i64 {
-        self.0
+        self.stack
             .borrow()
             .last()
-            .map(|(_, start)| crate::alloc::thread_net() - start)
+            .map(|(_, start, _)| crate::alloc::thread_net() - start)
             .unwrap_or(0)
     }
 
     /// Ends the innermost callback; returns the bytes it allocated and kept.
     pub fn clear(&self) -> i64 {
-        let popped = self.0.borrow_mut().pop();
-        popped.map_or(0, |(_, start)| crate::alloc::thread_net() - start)
+        let popped = self.stack.borrow_mut().pop();
+        popped.map_or(0, |(_, start, _)| crate::alloc::thread_net() - start)
     }
 
     pub fn passed(&self) -> bool {
         let now = Instant::now();
-        self.0.borrow().iter().any(|(d, _)| now > *d)
+        self.stack.borrow().iter().any(|(d, ..)| now > *d)
     }
 }
 
@@ -96,6 +139,8 @@ pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
             Some("memory budget exceeded".into())
         } else if ops & 0x3ff == 0 && deadline.passed() {
             Some("time budget exceeded".into())
+        } else if ops & 0x3ff == 0 && deadline.interrupted() {
+            Some("the host is stopping".into())
         } else {
             None
         }

@@ -73,6 +73,9 @@ impl ScriptError {
             EvalAltResult::ErrorTerminated(token, _) if token.to_string().contains("memory") => {
                 "stopped: the callback allocated past its memory budget".into()
             }
+            EvalAltResult::ErrorTerminated(token, _) if token.to_string().contains("stopping") => {
+                "stopped: the host is stopping".into()
+            }
             EvalAltResult::ErrorTerminated(..) => {
                 "stopped: the callback ran past its time budget (an endless loop?)".into()
             }

@@ -23,7 +23,7 @@ mod top_level;
 mod worker;
 
 pub use check::compile_only;
-pub use engine::Budget;
+pub use engine::{Budget, Interrupt};
 pub use error::{ScriptError, display_name};
 pub use state::Defaults;
 pub use worker::{Exit, TestCase, WorkerHandle, WorkerOptions, spawn};

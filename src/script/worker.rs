@@ -105,7 +105,7 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let event_loop = crate::event_loop::EventLoop::new()?;
         let events = crate::event_loop::Events::new(event_loop.id(), own.clone());
-        let deadline = Deadline::default();
+        let deadline = Deadline::new(net.interrupt().clone());
         let mut engine = new_engine(&options.budget, &deadline);
         let dir = match options.entry.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
