@@ -80,7 +80,10 @@ pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<Worke
     let thread = std::thread::Builder::new()
         .name("wshost-script".into())
         // Rhai recursion runs on the native stack; its call-level limit keeps within this.
-        .stack_size(16 << 20)
+        // Dropping or cloning data nested deep (state grown one level per message) recurses
+        // too, with no limit to check: a large stack is the bound. It is reserved, not used:
+        // only the pages touched count.
+        .stack_size(256 << 20)
         .spawn(move || match Worker::new(net, options, own, rx) {
             Ok(worker) => worker.run(),
             Err(e) => Exit::ScriptFailed(ScriptError::plain("wshost", format!("{e:#}"))),
