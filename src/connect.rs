@@ -73,8 +73,11 @@ fn upgrade_request(url: &str, headers: &[String]) -> anyhow::Result<Request> {
 }
 
 async fn session(url: &str, request: Request) -> anyhow::Result<()> {
-    // rustls with the usual public roots (tokio-tungstenite's `rustls-tls-webpki-roots`).
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, false, None);
+    // The same TLS settings as scripts' clients: rustls with the usual public roots.
+    let tls = crate::net::tls_config(None)?;
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
     let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _response))) => ws,
         Ok(Err(e)) => bail!("cannot connect to {url}: {}", why(e)),

@@ -113,8 +113,10 @@ impl fmt::Debug for Globals {
     }
 }
 
-/// How a host ended (what [`Host::wait`] returns).
+/// How a host ended (what [`Host::wait`] returns). More kinds may come: match with a
+/// catch-all arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Exit {
     /// Everything the scripts created has ended, or a stop closed it.
     Finished,

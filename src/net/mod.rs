@@ -12,7 +12,7 @@ mod keepalive;
 mod listener;
 mod static_files;
 
-pub use client::ClientRequest;
+pub use client::{ClientRequest, tls_config};
 pub use listener::{ConnTable, ListenOptions, Network, Route, tls_acceptor};
 
 use std::path::PathBuf;
