@@ -30,8 +30,10 @@ impl Text {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
-    pub fn into_bytes(self) -> Bytes {
-        self.0
+    /// The text as tungstenite's, without checking it again (every message sent goes here).
+    pub(crate) fn into_utf8_bytes(self) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+        // SAFETY: every constructor checks or guarantees UTF-8.
+        unsafe { tokio_tungstenite::tungstenite::Utf8Bytes::from_bytes_unchecked(self.0) }
     }
 }
 

@@ -533,9 +533,7 @@ where
 
 fn to_message(p: Payload) -> Message {
     match p {
-        Payload::Text(t) => {
-            Message::Text(Utf8Bytes::try_from(t.into_bytes()).expect("Payload text is UTF-8"))
-        }
+        Payload::Text(t) => Message::Text(t.into_utf8_bytes()),
         Payload::Binary(b) => Message::Binary(b),
     }
 }

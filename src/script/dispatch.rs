@@ -474,15 +474,14 @@ impl Dispatch<'_> {
         // called by name, given as many arguments as it declares; a closure through its
         // pointer, which carries what it captured.
         let named = match &fn_ptr {
-            None => Some(name),
+            None => Some((name, script.params(name)?)),
             Some(f) if !f.is_curried() && !f.is_anonymous() => {
-                Some(f.fn_name()).filter(|n| script.params(n).is_some())
+                script.params(f.fn_name()).map(|n| (f.fn_name(), n))
             }
             Some(_) => None,
         };
         let result = match (named, &fn_ptr) {
-            (Some(fn_name), _) => {
-                let params = script.params(fn_name)?;
+            (Some((fn_name, params)), _) => {
                 args.resize(params, Dynamic::UNIT);
                 let options = CallFnOptions::new()
                     .eval_ast(false)
