@@ -162,3 +162,14 @@ fn test_from_the_working_directory() {
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.ends_with("2 passed, 0 failed\n"), "{stdout}");
 }
+
+#[test]
+fn a_constructor_gets_any_number_of_arguments() {
+    let (status, stdout, stderr) = run_cli(&["run", "tests/fixtures/classes/many_args.rhai"]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("sum 28"), "{stdout}");
+    assert!(
+        stdout.contains("too many: cs.Seven.new: the constructor takes 7 argument(s), got 8"),
+        "{stdout}"
+    );
+}

@@ -386,50 +386,28 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_fn("to_string", |c: &mut ClassRef| {
         format!("cs.{}", ref_name(c))
     });
-    // `cs.Name.new(…)` with up to five constructor arguments.
-    engine.register_fn("new", |ncc: NativeCallContext, c: &mut ClassRef| {
-        instantiate(&ncc, c, vec![])
-    });
-    engine.register_fn(
-        "new",
-        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic| instantiate(&ncc, c, vec![a]),
-    );
-    engine.register_fn(
-        "new",
-        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic| {
-            instantiate(&ncc, c, vec![a, b])
-        },
-    );
-    engine.register_fn(
-        "new",
-        |ncc: NativeCallContext, c: &mut ClassRef, a: Dynamic, b: Dynamic, d: Dynamic| {
-            instantiate(&ncc, c, vec![a, b, d])
-        },
-    );
-    engine.register_fn(
-        "new",
-        |ncc: NativeCallContext,
-         c: &mut ClassRef,
-         a: Dynamic,
-         b: Dynamic,
-         d: Dynamic,
-         e: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e]) },
-    );
-    engine.register_fn(
-        "new",
-        |ncc: NativeCallContext,
-         c: &mut ClassRef,
-         a: Dynamic,
-         b: Dynamic,
-         d: Dynamic,
-         e: Dynamic,
-         f: Dynamic| { instantiate(&ncc, c, vec![a, b, d, e, f]) },
-    );
+    // `cs.Name.new(…)` with any number of constructor arguments (up to a bound Rhai's
+    // registration needs: one signature per count).
+    for count in 0..=MAX_CONSTRUCTOR_ARGS {
+        let mut types = vec![std::any::TypeId::of::<ClassRef>()];
+        types.extend(std::iter::repeat_n(
+            std::any::TypeId::of::<Dynamic>(),
+            count,
+        ));
+        engine.register_raw_fn("new", types, |ncc, args| {
+            let class = args[0].clone().cast::<ClassRef>();
+            let rest = args[1..].iter_mut().map(|a| std::mem::take(*a)).collect();
+            instantiate(&ncc, &class, rest)
+        });
+    }
 }
 
 fn ref_name(c: &ClassRef) -> String {
     c.class.class.clone().unwrap_or_default()
 }
+
+/// The most arguments `cs.Name.new(…)` takes.
+const MAX_CONSTRUCTOR_ARGS: usize = 16;
 
 /// A new instance of a class: an object map naming its class, built by `constructor`.
 fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
