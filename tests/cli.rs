@@ -173,3 +173,15 @@ fn a_constructor_gets_any_number_of_arguments() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_script_error_names_its_position_once() {
+    let (status, _, stderr) = run_cli(&["run", "tests/fixtures/undefined_variable.rhai"]);
+    assert_eq!(status.code(), Some(1));
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "error: tests/fixtures/undefined_variable.rhai:3:11: Variable not found: no_such",
+        "{stderr}"
+    );
+}

@@ -86,7 +86,7 @@ impl ScriptError {
                 Ok(s) => s,
                 Err(t) => format!("thrown: {t}"),
             },
-            other => first_line(&other.to_string()),
+            other => without_position(&first_line(&other.to_string())).to_string(),
         };
         Self::at(src, pos, message, sources, budget)
     }
@@ -190,4 +190,22 @@ pub fn display_name(path: &Path) -> String {
     let shown = rel.unwrap_or_else(|| path.to_path_buf());
     let shown = shown.strip_prefix(".").unwrap_or(&shown);
     shown.to_string_lossy().into_owned()
+}
+
+/// Rhai's message without the " (line L, position C)" it ends with: the location is printed
+/// once, in front, as file:line:col.
+fn without_position(message: &str) -> &str {
+    let Some(at) = message.rfind(" (line ") else {
+        return message;
+    };
+    let tail = &message[at + " (line ".len()..];
+    let is_position = tail
+        .strip_suffix(')')
+        .and_then(|t| t.split_once(", position "))
+        .is_some_and(|(line, col)| {
+            [line, col]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if is_position { &message[..at] } else { message }
 }
