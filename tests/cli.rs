@@ -180,8 +180,23 @@ fn a_script_error_names_its_position_once() {
     assert_eq!(status.code(), Some(1));
     let first = stderr.lines().next().unwrap_or_default();
     assert_eq!(
-        first,
-        "error: tests/fixtures/undefined_variable.rhai:3:11: Variable not found: no_such",
+        first, "error: tests/fixtures/undefined_variable.rhai:3:11: Variable not found: no_such",
         "{stderr}"
+    );
+}
+
+#[test]
+fn class_methods_and_entry_functions_are_callable_from_other_files() {
+    let (status, stdout, stderr) = run_cli(&["run", "tests/fixtures/classes/cross.rhai"]);
+    assert!(status.success(), "{stderr}");
+    // Lobby.enter calls Room's `join` on its instance, and `shout` of the entry script.
+    assert!(
+        stdout.contains("ann is number 1\nbob is number 2"),
+        "{stdout}"
+    );
+    // Still an error when nobody defines it.
+    assert!(
+        stdout.contains("Function not found: no_such_method (map)"),
+        "{stdout}"
     );
 }

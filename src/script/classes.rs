@@ -366,6 +366,46 @@ pub struct ClassRef {
 pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_type_with_name::<ClassStoreRef>("ClassStore");
     engine.register_type_with_name::<ClassRef>("Class");
+    // What a file does not define itself: a method of the instance's own class (`room.join(ws)`
+    // from another class or the entry script), or a function of the entry script (shared
+    // helpers, as 4D's project methods). A class's own function of the same name wins: Rhai
+    // only asks here when the calling file has none.
+    let c = ctx.clone();
+    #[allow(deprecated)] // "volatile", not deprecated: the documented hook for this
+    engine.on_missing_function(move |name, args, is_method, ectx| {
+        let engine = ectx.engine();
+        if is_method
+            && let Some((this, rest)) = args.split_first_mut()
+            && let Some(class) = this
+                .read_lock::<Map>()
+                .and_then(|m| class_name(&m))
+                .and_then(|n| c.classes.borrow().class(&n))
+            && class.params(name) == Some(rest.len())
+        {
+            let rest: Vec<Dynamic> = rest.iter().map(|a| (**a).clone()).collect();
+            let options = CallFnOptions::new().eval_ast(false).bind_this_ptr(this);
+            return engine
+                .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &class.ast, name, rest)
+                .map(Some);
+        }
+        let entry = c.classes.borrow().file_or_entry(None);
+        match entry {
+            Some(entry) if entry.params(name) == Some(args.len()) => {
+                let args: Vec<Dynamic> = args.iter().map(|a| (**a).clone()).collect();
+                let options = CallFnOptions::new().eval_ast(false);
+                engine
+                    .call_fn_with_options::<Dynamic>(
+                        options,
+                        &mut Scope::new(),
+                        &entry.ast,
+                        name,
+                        args,
+                    )
+                    .map(Some)
+            }
+            _ => Ok(None),
+        }
+    });
     let c = ctx.clone();
     engine.register_indexer_get(
         move |ncc: NativeCallContext, _: &mut ClassStoreRef, name: &str| -> Res<ClassRef> {
