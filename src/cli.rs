@@ -20,8 +20,17 @@ struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as text, or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,6 +201,13 @@ struct RunArgs {
     /// Do not watch the scripts for changes (no hot reload).
     #[arg(long)]
     no_watch: bool,
+    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) may take to close every connection before the host
+    /// gives up waiting and exits 3.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    drain_timeout: f64,
     /// A PEM file of extra certificate authorities for wss:// clients to trust.
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
@@ -222,7 +238,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     };
     // Test output is the test lines; the host's own info lines would bury them.
     let quiet = matches!(cli.command, Command::Test(_));
-    init_logging(cli.verbose, quiet);
+    init_logging(cli.verbose, quiet, cli.log_format);
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Check { files } => check(&files),
@@ -258,7 +274,7 @@ fn test(args: TestArgs) -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     let default = match verbose {
         0 if quiet => "wshost=warn",
         0 => "wshost=info",
@@ -267,6 +283,20 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if format == LogFormat::Json {
+        // One object per line: timestamp, level, message, and the event's fields (conn,
+        // callback, location…) beside them.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -293,6 +323,12 @@ fn run(args: RunArgs) -> ExitCode {
     config.watch = (!args.no_watch).then_some(RELOAD_DEBOUNCE);
     config.workers = args.workers.clamp(1, 64);
     config.net.extra_ca = args.ca_file;
+    config.metrics = args.metrics;
+    if !(args.drain_timeout.is_finite() && args.drain_timeout > 0.0) {
+        eprintln!("error: --drain-timeout must be a number of seconds > 0");
+        return ExitCode::from(2);
+    }
+    config.shutdown_timeout = std::time::Duration::from_secs_f64(args.drain_timeout);
     if let Some(dir) = &args.static_dir {
         match dir.canonicalize() {
             Ok(root) if root.is_dir() => config.static_root = Some(root),

@@ -45,8 +45,11 @@ pub struct HostConfig {
     pub net: NetConfig,
     /// Limits of each callback (operations, time, memory).
     pub budget: Budget,
-    /// How long a graceful stop may take before the host gives up waiting.
+    /// How long a graceful stop (a drain) may take before the host gives up waiting
+    /// (`--drain-timeout`).
     pub shutdown_timeout: Duration,
+    /// Serve `/metrics` (Prometheus) and `/healthz` on this address (`--metrics`; None: off).
+    pub metrics: Option<String>,
     /// The script's `ARGS` array.
     pub args: Vec<String>,
     /// Hot reload: watch the scripts, with this debounce (None: no watching).
@@ -68,6 +71,7 @@ impl Default for HostConfig {
             net: NetConfig::default(),
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
+            metrics: None,
             args: Vec::new(),
             watch: None,
             workers: 1,
@@ -161,13 +165,18 @@ pub struct Host {
 
 /// Asks a running host to stop gracefully; cheap to clone, usable from any thread.
 #[derive(Clone)]
-pub struct StopHandle(Vec<flume::Sender<crate::event::Event>>);
+pub struct StopHandle {
+    workers: Vec<flume::Sender<crate::event::Event>>,
+    net: Arc<Network>,
+}
 
 impl StopHandle {
-    /// Servers stop accepting, every connection gets a close frame `1001` (going away), every
-    /// `onTerminate` runs, clients are closed and timers dropped; then [`Host::wait`] returns.
+    /// Drains: new upgrades get `503` (as does `/healthz`), every connection gets a close frame
+    /// `1001` (going away), every `onTerminate` runs, clients are closed and timers dropped;
+    /// then [`Host::wait`] returns.
     pub fn stop(&self) {
-        for worker in &self.0 {
+        self.net.drain();
+        for worker in &self.workers {
             let _ = worker.send(crate::event::Event::Shutdown);
         }
     }
@@ -193,6 +202,9 @@ impl Host {
     pub fn start(entry: impl Into<PathBuf>, config: HostConfig) -> anyhow::Result<Self> {
         let runtime = net_runtime()?;
         let net = Network::new(runtime.handle().clone(), config.net)?;
+        if let Some(addr) = &config.metrics {
+            crate::metrics::start(addr, runtime.handle(), net.draining_flag())?;
+        }
         let entry = entry.into();
         // The first worker records its top-level servers' ports here; the others join them.
         let port_plan: Arc<Mutex<Vec<u16>>> = Default::default();
@@ -248,7 +260,10 @@ impl Host {
 
     /// A handle that stops the host gracefully from anywhere, e.g. another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.workers.iter().map(|w| w.events.clone()).collect())
+        StopHandle {
+            workers: self.workers.iter().map(|w| w.events.clone()).collect(),
+            net: self.net.clone(),
+        }
     }
 
     /// Waits until the scripts are done: nothing they created is left, or a

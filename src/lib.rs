@@ -93,6 +93,7 @@ mod connect;
 mod event;
 mod event_loop;
 mod host;
+mod metrics;
 pub(crate) mod net;
 mod payload;
 mod runner;

@@ -168,6 +168,9 @@ pub(crate) async fn run<S>(
             }
         }
     };
+    if let (Some(m), Some((ErrorKind::SlowPeer, _))) = (crate::metrics::get(), &failure) {
+        m.slow_peer_closes.increment(1);
+    }
     drop(sink);
     // Closing from now on (not before: the answers of `finish_sends` had to get through).
     Box::pin(report_end(&handle, &events, failure, code, reason, clean)).await;
@@ -224,6 +227,7 @@ async fn finish_sends<S>(
                         return;
                     }
                     handle.sent(len);
+                    count_sent(len);
                 }
             }
             let _ = sink.flush().await;
@@ -296,6 +300,10 @@ where
             Some(Err(e)) => return read_failure(e, peer_close),
             None => return ReadEnd::Closed { peer_close },
         };
+        if let Some(m) = crate::metrics::get() {
+            m.messages_in.increment(1);
+            m.bytes_in.increment(payload.len() as u64);
+        }
         if !handle.try_acquire_inflight() {
             tokio::select! {
                 _ = &mut stopped => return ReadEnd::Stopped { peer_close },
@@ -491,6 +499,7 @@ where
         let len = p.len();
         sink.feed(to_message(p)).await?;
         handle.sent(len);
+        count_sent(len);
     }
     if let Some(m) = extra {
         sink.feed(m).await?;
@@ -535,5 +544,13 @@ fn to_message(p: Payload) -> Message {
     match p {
         Payload::Text(t) => Message::Text(t.into_utf8_bytes()),
         Payload::Binary(b) => Message::Binary(b),
+    }
+}
+
+#[inline]
+fn count_sent(len: usize) {
+    if let Some(m) = crate::metrics::get() {
+        m.messages_out.increment(1);
+        m.bytes_out.increment(len as u64);
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -127,14 +128,34 @@ struct RouteGroup {
     routes: Vec<Route>,
     next: std::sync::atomic::AtomicUsize,
     conns: Arc<ConnTable>,
+    counts: PathCounts,
+}
+
+/// The metrics of one server path (`*` for a server without `path`): a bounded label, made
+/// once per path, not per request.
+#[derive(Clone)]
+struct PathCounts {
+    open: metrics::Gauge,
+    accepted: metrics::Counter,
+}
+
+impl PathCounts {
+    fn new(path: Option<&str>) -> Self {
+        let path = path.unwrap_or("*").to_string();
+        Self {
+            open: metrics::gauge!("wshost_connections_open", "path" => path.clone()),
+            accepted: metrics::counter!("wshost_connections_accepted_total", "path" => path),
+        }
+    }
 }
 
 impl RouteGroup {
-    fn new(route: Route) -> Self {
+    fn new(route: Route, path: Option<&str>) -> Self {
         Self {
             routes: vec![route],
             next: Default::default(),
             conns: Arc::default(),
+            counts: PathCounts::new(path),
         }
     }
 
@@ -162,8 +183,9 @@ impl RouteGroup {
 }
 
 impl Routes {
-    fn find(&self, path: &str, here: Option<LoopId>) -> Option<&Route> {
-        self.by_path.get(path).or(self.any.as_ref())?.pick(here)
+    fn find(&self, path: &str, here: Option<LoopId>) -> Option<(&Route, &PathCounts)> {
+        let group = self.by_path.get(path).or(self.any.as_ref())?;
+        Some((group.pick(here)?, &group.counts))
     }
 
     /// The event loops of the workers serving on this listener, each once.
@@ -193,6 +215,8 @@ struct Listener {
     options: ListenOptions,
     /// Which worker gets the next connection.
     next: std::sync::atomic::AtomicUsize,
+    /// The host is draining (see [`Network::drain`]).
+    draining: Arc<AtomicBool>,
 }
 
 impl Listener {
@@ -215,12 +239,24 @@ pub struct Network {
     listeners: Mutex<HashMap<SocketAddr, Arc<Listener>>>,
     /// Raised when the host stops: the workers' running callbacks are interrupted.
     interrupt: crate::script::Interrupt,
+    /// Set when the host drains: listeners stay open but answer upgrades with 503.
+    draining: Arc<AtomicBool>,
 }
 
 impl Network {
     /// What stops the callbacks running now on every worker of this host.
     pub fn interrupt(&self) -> &crate::script::Interrupt {
         &self.interrupt
+    }
+
+    /// Starts a drain: from now on every upgrade is answered 503, on every listener (kept
+    /// open for that even when its servers stop), and `/healthz` says 503.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
     }
 
     /// Fails only if the extra CA file of `config` cannot be used.
@@ -232,6 +268,7 @@ impl Network {
             tls,
             listeners: Mutex::new(HashMap::new()),
             interrupt: Default::default(),
+            draining: Default::default(),
         }))
     }
 
@@ -287,6 +324,7 @@ impl Network {
             stop: CancellationToken::new(),
             options,
             next: Default::default(),
+            draining: self.draining.clone(),
         });
         listeners.insert(bound, listener.clone());
         let config = self.config.clone();
@@ -327,7 +365,10 @@ impl Network {
             routes.is_empty()
         };
         if empty {
-            listener.stop.cancel();
+            // Draining, the socket stays open to answer 503 until the host exits.
+            if !self.draining.load(Ordering::Relaxed) {
+                listener.stop.cancel();
+            }
             listeners.remove(&addr);
         }
     }
@@ -348,7 +389,7 @@ fn add_route(
         let taken = || ListenError::PathTaken(addr, path.unwrap_or("*").to_string());
         return group.join(route).ok_or_else(taken);
     }
-    let group = RouteGroup::new(route);
+    let group = RouteGroup::new(route, path);
     let conns = group.conns.clone();
     match path {
         Some(p) => {
@@ -367,13 +408,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Listener>, config: Arc<N
         };
         match accepted {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                if shared.draining.load(Ordering::Relaxed) {
+                    // Only a 503 to give, and the workers are ending: answered here.
+                    tokio::spawn(serve(stream, peer, shared.clone(), config.clone()));
+                    continue;
+                }
                 // The connection moves to a worker's loop: its I/O is driven there, on the
                 // thread that runs its callbacks.
                 let Some(worker) = shared.next_loop() else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok(stream) = stream.into_std() else {
                     continue;
                 };
                 worker.spawn(serve(stream, peer, shared.clone(), config.clone()));
@@ -407,7 +453,10 @@ async fn serve(
             match accepted {
                 Ok(Ok(tls)) => serve_http(tls, peer, shared, config).await,
                 Ok(Err(e)) => tracing::debug!("TLS from {peer}: {e}"),
-                Err(_) => tracing::debug!("TLS from {peer}: handshake timed out"),
+                Err(_) => {
+                    crate::metrics::refused("handshake_timeout");
+                    tracing::debug!("TLS from {peer}: handshake timed out")
+                }
             }
         }
     }
@@ -432,6 +481,9 @@ where
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
+        if e.is_timeout() {
+            crate::metrics::refused("handshake_timeout");
+        }
         tracing::debug!("http connection from {peer}: {e}");
     }
 }
@@ -472,6 +524,10 @@ async fn handle_request(
     let is_upgrade = req.method() == hyper::Method::GET
         && header_has_token(&req, header::CONNECTION, "upgrade")
         && header_has_token(&req, header::UPGRADE, "websocket");
+    if is_upgrade && shared.draining.load(Ordering::Relaxed) {
+        crate::metrics::refused("503");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Server is stopping.\n");
+    }
     if !is_upgrade && let Some(root) = &shared.options.static_root {
         return super::static_files::serve(req, root, shared.options.dotfiles).await;
     }
@@ -509,13 +565,14 @@ async fn handle_request(
     {
         return plain(StatusCode::BAD_REQUEST, "Bad Sec-WebSocket-Key.\n");
     }
-    let route = shared
+    let found = shared
         .routes
         .read()
         .unwrap()
         .find(req.uri().path(), crate::event_loop::current())
-        .cloned();
-    let Some(route) = route else {
+        .map(|(route, counts)| (route.clone(), counts.clone()));
+    let Some((route, counts)) = found else {
+        crate::metrics::refused("404");
         return plain(StatusCode::NOT_FOUND, "No WebSocket server on this path.\n");
     };
 
@@ -523,6 +580,7 @@ async fn handle_request(
         let origin = origin.to_str().unwrap_or("");
         if !allowed.iter().any(|a| a == origin) {
             tracing::info!("refused a connection from origin {origin:?} (not in `origins`)");
+            crate::metrics::refused("origin");
             return plain(StatusCode::FORBIDDEN, "Origin not allowed.\n");
         }
     }
@@ -540,8 +598,10 @@ async fn handle_request(
         })
         .await;
     if !asked {
+        crate::metrics::refused("503");
         return plain(StatusCode::SERVICE_UNAVAILABLE, "Server is stopping.\n");
     }
+    let mut reason = None;
     let verdict = match tokio::time::timeout(config.handshake_timeout, reply_rx).await {
         Ok(Ok(v)) => v,
         Ok(Err(_)) => Verdict::Refuse(503),
@@ -551,11 +611,18 @@ async fn handle_request(
                 handle.id(),
                 config.handshake_timeout
             );
+            reason = Some("handshake_timeout");
             Verdict::Refuse(503)
         }
     };
     if let Verdict::Refuse(status) = verdict {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        crate::metrics::refused(reason.unwrap_or(match status.as_u16() {
+            403 => "403",
+            500 => "500",
+            503 => "503",
+            _ => "other",
+        }));
         let mut res = Response::new(full(Bytes::from(format!(
             "Connection refused ({status}).\n"
         ))));
@@ -578,7 +645,10 @@ async fn handle_request(
                     Some(ws_config),
                 )
                 .await;
+                counts.accepted.increment(1);
+                counts.open.increment(1.0);
                 super::connection::run(ws, port.handle, port.commands, events, &config).await;
+                counts.open.decrement(1.0);
             }
             Err(e) => {
                 tracing::debug!("connection {}: upgrade failed: {e}", handle.id());

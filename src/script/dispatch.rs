@@ -371,7 +371,14 @@ impl Dispatch<'_> {
         else {
             return;
         };
-        tracing::error!("{err} (connection {conn}, {name}){}", err.snippet());
+        tracing::error!(
+            conn,
+            callback = name,
+            location = %err.location(),
+            path = self.conn_path(conn).as_deref(),
+            "{err} (connection {conn}, {name}){}",
+            err.snippet()
+        );
         let ws = ws_and_handler(&self.ctx.registry.borrow()).map(|(ws, ..)| ws);
         if let (true, Some(ws)) = (name != "onError", ws) {
             let event = error_event(err.kind(), &err.to_string(), None);
@@ -381,7 +388,14 @@ impl Dispatch<'_> {
                 "onError",
                 vec![ws, Dynamic::from_map(event)],
             ) {
-                tracing::error!("{e2} (connection {conn}, onError){}", e2.snippet());
+                tracing::error!(
+                    conn,
+                    callback = "onError",
+                    location = %e2.location(),
+                    path = self.conn_path(conn).as_deref(),
+                    "{e2} (connection {conn}, onError){}",
+                    e2.snippet()
+                );
             }
         }
     }
@@ -398,11 +412,34 @@ impl Dispatch<'_> {
             name,
             vec![wss, Dynamic::from_map(event)],
         ) {
-            tracing::error!("{err} (server {server}, {name}){}", err.snippet());
+            tracing::error!(
+                server = %server,
+                callback = name,
+                location = %err.location(),
+                path = self.server_path(server).as_deref(),
+                "{err} (server {server}, {name}){}",
+                err.snippet()
+            );
             if name != "onError" {
                 self.report_to_server(server, &err);
             }
         }
+    }
+
+    /// The `path` option of a server (`*`: none), for log fields.
+    fn server_path(&self, server: ServerId) -> Option<String> {
+        let reg = self.ctx.registry.borrow();
+        let s = reg.servers.get(&server)?;
+        Some(s.path.clone().unwrap_or_else(|| "*".into()))
+    }
+
+    /// The `path` of the server a connection came to (None for a client).
+    fn conn_path(&self, conn: ConnId) -> Option<String> {
+        let server = match self.ctx.registry.borrow().conns.get(&conn)?.side {
+            Side::Server(s) => s,
+            Side::Client { .. } => return None,
+        };
+        self.server_path(server)
     }
 
     pub fn server_handler(&self, server: ServerId) -> Option<(Dynamic, Option<Rc<str>>)> {
@@ -416,7 +453,14 @@ impl Dispatch<'_> {
 
     /// Logs a failure of the server's `onConnection` and hands it to its `onError`.
     pub fn server_error(&self, server: ServerId, err: ScriptError) {
-        tracing::error!("{err} (server {server}, onConnection){}", err.snippet());
+        tracing::error!(
+            server = %server,
+            callback = "onConnection",
+            location = %err.location(),
+            path = self.server_path(server).as_deref(),
+            "{err} (server {server}, onConnection){}",
+            err.snippet()
+        );
         self.report_to_server(server, &err);
     }
 
@@ -432,7 +476,14 @@ impl Dispatch<'_> {
             "onError",
             vec![wss, Dynamic::from_map(event)],
         ) {
-            tracing::error!("{e2} (server {server}, onError){}", e2.snippet());
+            tracing::error!(
+                server = %server,
+                callback = "onError",
+                location = %e2.location(),
+                path = self.server_path(server).as_deref(),
+                "{e2} (server {server}, onError){}",
+                e2.snippet()
+            );
         }
     }
 
@@ -480,6 +531,8 @@ impl Dispatch<'_> {
             }
             Some(_) => None,
         };
+        // Timed only when counted: a clock read per message costs with `--metrics` off too.
+        let started = crate::metrics::get().map(|_| Instant::now());
         let result = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
                 args.resize(params, Dynamic::UNIT);
@@ -501,10 +554,20 @@ impl Dispatch<'_> {
             }
             (None, None) => return None,
         };
+        let elapsed = started.map(|t| t.elapsed());
         let kept = self.ctx.deadline.clear();
         self.ctx.memory.callback_kept(kept);
         let sources = self.ctx.sources.borrow();
-        Some(result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources)))
+        let result = result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources));
+        if let (Some(m), Some(elapsed)) = (crate::metrics::get(), elapsed) {
+            m.callback(name).record(elapsed.as_secs_f64());
+            match result.as_ref().map_err(|e| e.kind()) {
+                Ok(_) => {}
+                Err(ErrorKind::Script) => m.callback_errors.increment(1),
+                Err(_) => m.budget_stops.increment(1),
+            }
+        }
+        Some(result)
     }
 }
 

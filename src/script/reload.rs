@@ -24,6 +24,13 @@ impl Dispatch<'_> {
             path,
             &mut self.ctx.sources.borrow_mut(),
         );
+        if let Some(m) = crate::metrics::get() {
+            match &result {
+                Ok(Reloaded::Unchanged | Reloaded::Empty) => {}
+                Ok(_) => m.reloads.increment(1),
+                Err(_) => m.reloads_failed.increment(1),
+            }
+        }
         let file = display_name(path);
         let ms = || started.elapsed().as_secs_f64() * 1000.0;
         match result {

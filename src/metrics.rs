@@ -1,0 +1,229 @@
+//! What operators watch: the Prometheus metrics and the `/metrics` + `/healthz` listener
+//! (`--metrics ADDR`).
+//!
+//! The `metrics` crate records, `metrics-exporter-prometheus` writes the exposition format.
+//! The handles the per-message path uses are made once, when the recorder is installed, and
+//! kept in a static: counting a message is an atomic add, and with `--metrics` off it is one
+//! load of an empty `OnceLock` (no clock read for the callback timings either). Labels are a
+//! bounded set: a server's configured path, a callback name, a refusal reason; never a
+//! connection id.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The callbacks timed under their own name; any other is `other`.
+const CALLBACKS: [&str; 6] = [
+    "onConnection",
+    "onOpen",
+    "onMessage",
+    "onError",
+    "onTerminate",
+    "onReload",
+];
+
+/// Seconds: from 10 µs (an echo) to 10 s (past any callback time budget).
+const DURATION_BUCKETS: [f64; 13] = [
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0, 10.0,
+];
+
+/// The handles of the counters counted per message or per callback.
+pub(crate) struct Metrics {
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_out: Counter,
+    pub slow_peer_closes: Counter,
+    pub callback_errors: Counter,
+    pub budget_stops: Counter,
+    pub reloads: Counter,
+    pub reloads_failed: Counter,
+    callbacks: [Histogram; CALLBACKS.len()],
+    other_callback: Histogram,
+}
+
+impl Metrics {
+    /// The duration histogram of callback `name`.
+    pub fn callback(&self, name: &str) -> &Histogram {
+        CALLBACKS
+            .iter()
+            .position(|c| *c == name)
+            .map_or(&self.other_callback, |i| &self.callbacks[i])
+    }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The metrics, if `--metrics` is on (a recorder is installed).
+#[inline]
+pub(crate) fn get() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// Counts an upgrade refused, under `reason` (an HTTP status, `origin`, `handshake_timeout`).
+pub(crate) fn refused(reason: &'static str) {
+    if get().is_some() {
+        metrics::counter!("wshost_connections_refused_total", "reason" => reason).increment(1);
+    }
+}
+
+/// Installs the process-wide recorder (once; a second host shares it) and makes the handles.
+fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("wshost_callback_duration_seconds".into()),
+            &DURATION_BUCKETS,
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    describe();
+    let callbacks = CALLBACKS
+        .map(|name| metrics::histogram!("wshost_callback_duration_seconds", "callback" => name));
+    let _ = METRICS.set(Metrics {
+        messages_in: metrics::counter!("wshost_messages_in_total"),
+        bytes_in: metrics::counter!("wshost_bytes_in_total"),
+        messages_out: metrics::counter!("wshost_messages_out_total"),
+        bytes_out: metrics::counter!("wshost_bytes_out_total"),
+        slow_peer_closes: metrics::counter!("wshost_slow_peer_closes_total"),
+        callback_errors: metrics::counter!("wshost_callback_errors_total"),
+        budget_stops: metrics::counter!("wshost_callback_budget_stops_total"),
+        reloads: metrics::counter!("wshost_reloads_total"),
+        reloads_failed: metrics::counter!("wshost_reloads_failed_total"),
+        callbacks,
+        other_callback: metrics::histogram!(
+            "wshost_callback_duration_seconds",
+            "callback" => "other"
+        ),
+    });
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "wshost_connections_open",
+        "open WebSocket connections, by server path"
+    );
+    describe_counter!(
+        "wshost_connections_accepted_total",
+        "upgrades accepted, by server path"
+    );
+    describe_counter!(
+        "wshost_connections_refused_total",
+        "upgrades refused, by reason (HTTP status, origin, handshake_timeout)"
+    );
+    describe_counter!("wshost_messages_in_total", "messages received");
+    describe_counter!("wshost_bytes_in_total", "payload bytes received");
+    describe_counter!("wshost_messages_out_total", "messages sent");
+    describe_counter!("wshost_bytes_out_total", "payload bytes sent");
+    describe_counter!(
+        "wshost_slow_peer_closes_total",
+        "connections closed with 1008 because the peer did not read"
+    );
+    describe_histogram!(
+        "wshost_callback_duration_seconds",
+        metrics::Unit::Seconds,
+        "time spent in script callbacks, by callback name"
+    );
+    describe_counter!(
+        "wshost_callback_errors_total",
+        "callbacks that ended with a script error"
+    );
+    describe_counter!(
+        "wshost_callback_budget_stops_total",
+        "callbacks stopped by their budget (operations, time)"
+    );
+    describe_counter!("wshost_reloads_total", "hot reloads that took effect");
+    describe_counter!(
+        "wshost_reloads_failed_total",
+        "hot reloads refused (the old code kept running)"
+    );
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` on `runtime` (503 once `draining`).
+/// Returns the bound address.
+pub(crate) fn start(
+    addr: &str,
+    runtime: &tokio::runtime::Handle,
+    draining: Arc<AtomicBool>,
+) -> anyhow::Result<SocketAddr> {
+    let handle = install()?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--metrics: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let upkeep = handle.clone();
+    runtime.spawn(async move {
+        // Histogram samples pile up until drained: drain them even if nobody scrapes.
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("--metrics: {e}"),
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let (handle, draining) = (handle.clone(), draining.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let answer = answer(&req, &handle, &draining);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!("metrics on http://{bound}/metrics");
+    Ok(bound)
+}
+
+fn answer(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    draining: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+        "/healthz" if draining.load(Ordering::Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".into(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}

@@ -1,0 +1,172 @@
+//! Operating wshost (SPEC 10): `/metrics` counts real traffic, `/healthz` and new upgrades
+//! turn 503 during a SIGTERM drain, `--log-format json` writes one JSON object per line.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Starts `script` with `--metrics 127.0.0.1:0` (and `args`); returns it with the metrics port.
+fn start_with_metrics(script: &str, args: &[&str]) -> (Host, u16) {
+    let mut all = vec!["--metrics", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let host = Host::start_with(script, &all);
+    let line = host
+        .wait_stderr("metrics on http://", TIMEOUT)
+        .unwrap_or_else(|| panic!("no metrics line; stderr:\n{}", host.stderr()));
+    (host, port_of(&line))
+}
+
+/// A plain HTTP GET; returns the status line and the body.
+async fn get(port: u16, path: &str) -> (String, String) {
+    let work = async {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let text = tokio::time::timeout(TIMEOUT, work).await.expect("HTTP GET");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `name` (with its labels, as written: `m{a="b"}`), if present.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_real_traffic() {
+    let (host, mport) =
+        start_with_metrics("tests/fixtures/limits.rhai", &["--max-operations", "10000"]);
+    let mut ws = connect(&host.url("/")).await;
+    for i in 0..3 {
+        send_text(&mut ws, &format!("hello {i}")).await;
+        assert_eq!(recv_text(&mut ws).await, format!("hello {i}"));
+    }
+    // A budget stop: counted as one, and its message as one more in.
+    send_text(&mut ws, "spin").await;
+    host.wait_stdout("error ", TIMEOUT)
+        .expect("onError after the budget stop");
+    // A refused origin.
+    let mut req = host.url("/limited").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect_err("bad origin");
+
+    let (status, metrics) = get(mport, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let expect = [
+        ("wshost_messages_in_total", 4.0),
+        ("wshost_messages_out_total", 3.0),
+        ("wshost_connections_open{path=\"*\"}", 1.0),
+        ("wshost_connections_accepted_total{path=\"*\"}", 1.0),
+        ("wshost_connections_refused_total{reason=\"origin\"}", 1.0),
+        ("wshost_callback_budget_stops_total", 1.0),
+        (
+            "wshost_callback_duration_seconds_count{callback=\"onMessage\"}",
+            4.0,
+        ),
+    ];
+    for (name, value) in expect {
+        assert_eq!(sample(&metrics, name), Some(value), "{name} in:\n{metrics}");
+    }
+    assert_eq!(
+        sample(&metrics, "wshost_bytes_in_total"),
+        Some((3 * "hello 0".len() + "spin".len()) as f64)
+    );
+    assert!(!metrics.contains("conn=") && !metrics.contains("conn_id"));
+}
+
+#[tokio::test]
+async fn healthz_and_new_upgrades_say_503_during_a_drain() {
+    let (mut host, mport) = start_with_metrics("scripts/echo.rhai", &[]);
+    assert!(get(mport, "/healthz").await.0.contains("200"));
+    // A peer that never reads keeps the drain going until its close times out (2 s).
+    let mut stuck = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
+    stuck.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(TIMEOUT, stuck.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    let started = Instant::now();
+    host.terminate();
+    let mut health = String::new();
+    while started.elapsed() < Duration::from_secs(2) {
+        health = get(mport, "/healthz").await.0;
+        if health.contains("503") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(health.contains("503"), "{health}");
+
+    let mut late = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
+    late.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(TIMEOUT, late.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let (_, metrics) = get(mport, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "wshost_connections_refused_total{reason=\"503\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    let status = host.wait_exit(TIMEOUT).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", host.stderr());
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let host = Host::start_with(
+        "tests/fixtures/limits.rhai",
+        &["--log-format", "json", "--max-operations", "10000"],
+    );
+    let mut ws = connect(&host.url("/")).await;
+    send_text(&mut ws, "spin").await;
+    host.wait_stdout("error ", TIMEOUT)
+        .expect("onError after the budget stop");
+    let conn_line = host
+        .wait_stderr("\"conn\"", TIMEOUT)
+        .unwrap_or_else(|| panic!("no conn field:\n{}", host.stderr()));
+    let stderr = host.stderr();
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\nall:\n{stderr}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&conn_line).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert_eq!(v["callback"], "onMessage");
+    assert_eq!(v["path"], "*");
+    let location = v["location"].as_str().unwrap();
+    assert!(location.contains("limits.rhai:"), "{location}");
+}
