@@ -134,12 +134,12 @@ fn first_line(s: &str) -> String {
 }
 
 impl ScriptError {
-    /// The `errCode` kind this error has when handed to `onError`.
     /// `file:line:col` (for a structured log field).
     pub fn location(&self) -> String {
         format!("{}:{}:{}", self.file, self.line, self.column)
     }
 
+    /// The `errCode` kind this error has when handed to `onError`.
     pub fn kind(&self) -> crate::event::ErrorKind {
         if self.budget {
             crate::event::ErrorKind::Budget
