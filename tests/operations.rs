@@ -170,3 +170,27 @@ async fn json_logs_are_one_object_per_line() {
     let location = v["location"].as_str().unwrap();
     assert!(location.contains("limits.rhai:"), "{location}");
 }
+
+#[tokio::test]
+async fn a_drain_past_drain_timeout_is_forced_and_exits_3() {
+    let mut host = Host::start_with("scripts/echo.rhai", &["--drain-timeout", "0.5"]);
+    // This peer never answers the close frame: its close would wait 2 s, past the 0.5 s.
+    let mut stuck = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
+    stuck.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(TIMEOUT, stuck.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let started = Instant::now();
+    host.terminate();
+    let status = host.wait_exit(TIMEOUT).expect("exits");
+    assert_eq!(status.code(), Some(3), "{}", host.stderr());
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}
