@@ -106,7 +106,7 @@ impl Dispatch<'_> {
                 kind,
                 message,
             } => {
-                tracing::info!("connection {conn}: {message}");
+                tracing::info!(conn, "connection {conn}: {message}");
                 // A client's handler hears of a failed connect too; a server's only of
                 // connections it saw open.
                 let reported = self
@@ -295,7 +295,7 @@ impl Dispatch<'_> {
             }
             Err(bad) => {
                 let message = format!("invalid JSON: {}", bad.error);
-                tracing::info!("connection {conn}: {message}");
+                tracing::info!(conn, "connection {conn}: {message}");
                 let event = error_event(ErrorKind::Json, &message, Some(bad.text.into()));
                 self.call_conn(conn, "onError", event);
             }

@@ -134,8 +134,12 @@ fn first_line(s: &str) -> String {
 }
 
 impl ScriptError {
-    /// `file:line:col` (for a structured log field).
+    /// `file:line:col`, or `file` when the position is not known (a budget stop), for a
+    /// structured log field.
     pub fn location(&self) -> String {
+        if self.line == 0 {
+            return self.file.clone();
+        }
         format!("{}:{}:{}", self.file, self.line, self.column)
     }
 

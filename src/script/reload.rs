@@ -56,6 +56,7 @@ impl Dispatch<'_> {
                 self.call_on_reload(&file);
             }
             Err(e) => tracing::error!(
+                location = %e.location(),
                 "{e} (reload failed: the old code keeps running){}",
                 e.snippet()
             ),

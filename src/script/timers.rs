@@ -149,7 +149,12 @@ impl Dispatch<'_> {
                 self.ctx.deadline.clear();
                 if let Err(e) = result {
                     let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());
-                    tracing::error!("{err} (timer {id}){}", err.snippet());
+                    tracing::error!(
+                        timer = id,
+                        location = %err.location(),
+                        "{err} (timer {id}){}",
+                        err.snippet()
+                    );
                 }
             }
             let mut reg = self.ctx.registry.borrow_mut();
