@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -41,12 +41,35 @@ const DURATION_BUCKETS: [f64; 13] = [
     0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0, 10.0,
 ];
 
+/// The counters counted per message: plain atomics, copied into the recorder when scraped.
+/// (A recorder counter is a call through a trait object that bumps a generation counter
+/// besides the value: twice the atomic operations, on every message.)
+#[derive(Default)]
+pub(crate) struct Traffic {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    #[inline]
+    pub fn received(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn sent(&self, messages: u64, bytes: usize) {
+        self.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// The handles of the counters counted per message or per callback.
 pub(crate) struct Metrics {
-    pub messages_in: Counter,
-    pub bytes_in: Counter,
-    pub messages_out: Counter,
-    pub bytes_out: Counter,
+    pub traffic: Traffic,
+    exported: [Counter; 4],
     pub slow_peer_closes: Counter,
     pub callback_errors: Counter,
     pub budget_stops: Counter,
@@ -57,6 +80,15 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// Copies the plain counters into the recorder (before a scrape renders it).
+    fn export(&self) {
+        let t = &self.traffic;
+        let values = [&t.messages_in, &t.bytes_in, &t.messages_out, &t.bytes_out];
+        for (counter, value) in self.exported.iter().zip(values) {
+            counter.absolute(value.load(Ordering::Relaxed));
+        }
+    }
+
     /// The duration histogram of callback `name`.
     pub fn callback(&self, name: &str) -> &Histogram {
         CALLBACKS
@@ -99,10 +131,13 @@ fn install() -> anyhow::Result<PrometheusHandle> {
     let callbacks = CALLBACKS
         .map(|name| metrics::histogram!("wshost_callback_duration_seconds", "callback" => name));
     let _ = METRICS.set(Metrics {
-        messages_in: metrics::counter!("wshost_messages_in_total"),
-        bytes_in: metrics::counter!("wshost_bytes_in_total"),
-        messages_out: metrics::counter!("wshost_messages_out_total"),
-        bytes_out: metrics::counter!("wshost_bytes_out_total"),
+        traffic: Traffic::default(),
+        exported: [
+            metrics::counter!("wshost_messages_in_total"),
+            metrics::counter!("wshost_bytes_in_total"),
+            metrics::counter!("wshost_messages_out_total"),
+            metrics::counter!("wshost_bytes_out_total"),
+        ],
         slow_peer_closes: metrics::counter!("wshost_slow_peer_closes_total"),
         callback_errors: metrics::counter!("wshost_callback_errors_total"),
         budget_stops: metrics::counter!("wshost_callback_budget_stops_total"),
@@ -212,7 +247,12 @@ fn answer(
     draining: &AtomicBool,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+        "/metrics" => {
+            if let Some(m) = get() {
+                m.export();
+            }
+            (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
+        }
         "/healthz" if draining.load(Ordering::Relaxed) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

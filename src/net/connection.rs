@@ -227,7 +227,7 @@ async fn finish_sends<S>(
                         return;
                     }
                     handle.sent(len);
-                    count_sent(len);
+                    count_sent(1, len);
                 }
             }
             let _ = sink.flush().await;
@@ -301,8 +301,7 @@ where
             None => return ReadEnd::Closed { peer_close },
         };
         if let Some(m) = crate::metrics::get() {
-            m.messages_in.increment(1);
-            m.bytes_in.increment(payload.len() as u64);
+            m.traffic.received(payload.len());
         }
         if !handle.try_acquire_inflight() {
             tokio::select! {
@@ -495,12 +494,18 @@ async fn write_batch<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Counted once per batch: under load a batch is many messages.
+    let (mut count, mut bytes) = (0, 0);
     for p in batch {
         let len = p.len();
-        sink.feed(to_message(p)).await?;
+        if let Err(e) = sink.feed(to_message(p)).await {
+            count_sent(count, bytes);
+            return Err(e);
+        }
         handle.sent(len);
-        count_sent(len);
+        (count, bytes) = (count + 1, bytes + len);
     }
+    count_sent(count, bytes);
     if let Some(m) = extra {
         sink.feed(m).await?;
     }
@@ -548,9 +553,10 @@ fn to_message(p: Payload) -> Message {
 }
 
 #[inline]
-fn count_sent(len: usize) {
-    if let Some(m) = crate::metrics::get() {
-        m.messages_out.increment(1);
-        m.bytes_out.increment(len as u64);
+fn count_sent(messages: u64, bytes: usize) {
+    if let Some(m) = crate::metrics::get()
+        && messages > 0
+    {
+        m.traffic.sent(messages, bytes);
     }
 }

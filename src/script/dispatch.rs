@@ -531,8 +531,6 @@ impl Dispatch<'_> {
             }
             Some(_) => None,
         };
-        // Timed only when counted: a clock read per message costs with `--metrics` off too.
-        let started = crate::metrics::get().map(|_| Instant::now());
         let result = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
                 args.resize(params, Dynamic::UNIT);
@@ -554,7 +552,12 @@ impl Dispatch<'_> {
             }
             (None, None) => return None,
         };
-        let elapsed = started.map(|t| t.elapsed());
+        // Timed only when counted, from the clock read that set the deadline: one more read
+        // per message is what timing costs.
+        let elapsed = crate::metrics::get()
+            .and(self.ctx.deadline.innermost())
+            .and_then(|deadline| deadline.checked_sub(self.ctx.budget.max_time))
+            .map(|started| started.elapsed());
         let kept = self.ctx.deadline.clear();
         self.ctx.memory.callback_kept(kept);
         let sources = self.ctx.sources.borrow();

@@ -105,6 +105,11 @@ impl Deadline {
     }
 
     /// Ends the innermost callback; returns the bytes it allocated and kept.
+    /// The deadline of the innermost running callback.
+    pub fn innermost(&self) -> Option<Instant> {
+        self.stack.borrow().last().map(|(deadline, ..)| *deadline)
+    }
+
     pub fn clear(&self) -> i64 {
         let popped = self.stack.borrow_mut().pop();
         popped.map_or(0, |(_, start, _)| crate::alloc::thread_net() - start)
