@@ -104,12 +104,12 @@ impl Deadline {
             .unwrap_or(0)
     }
 
-    /// Ends the innermost callback; returns the bytes it allocated and kept.
     /// The deadline of the innermost running callback.
     pub fn innermost(&self) -> Option<Instant> {
         self.stack.borrow().last().map(|(deadline, ..)| *deadline)
     }
 
+    /// Ends the innermost callback; returns the bytes it allocated and kept.
     pub fn clear(&self) -> i64 {
         let popped = self.stack.borrow_mut().pop();
         popped.map_or(0, |(_, start, _)| crate::alloc::thread_net() - start)
