@@ -324,6 +324,7 @@ fn run(args: RunArgs) -> ExitCode {
     config.workers = args.workers.clamp(1, 64);
     config.net.extra_ca = args.ca_file;
     config.metrics = args.metrics;
+    config.catch_signals = true;
     if !(args.drain_timeout.is_finite() && args.drain_timeout > 0.0) {
         eprintln!("error: --drain-timeout must be a number of seconds > 0");
         return ExitCode::from(2);

@@ -58,6 +58,10 @@ pub struct HostConfig {
     pub workers: usize,
     /// The program's own additions to the script API (see [`HostConfig::with_globals`]).
     globals: Option<Globals>,
+    /// Catch SIGINT/SIGTERM from the start, before the servers listen (`wshost run`, which
+    /// then waits with [`Host::wait_with_signals`]): a signal that came in between would
+    /// otherwise kill the process without a drain.
+    pub(crate) catch_signals: bool,
 }
 
 impl Default for HostConfig {
@@ -76,6 +80,7 @@ impl Default for HostConfig {
             watch: None,
             workers: 1,
             globals: None,
+            catch_signals: false,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct Host {
     /// The ports the first worker's top-level servers got, in creation order.
     ports: Arc<Mutex<Vec<u16>>>,
     net: Arc<Network>,
+    /// The signals listened to since the start (see `HostConfig::catch_signals`).
+    caught: Option<CaughtSignals>,
 }
 
 /// Asks a running host to stop gracefully; cheap to clone, usable from any thread.
@@ -201,6 +208,12 @@ impl Host {
     /// [`Host::wait`], which then returns at once.
     pub fn start(entry: impl Into<PathBuf>, config: HostConfig) -> anyhow::Result<Self> {
         let runtime = net_runtime()?;
+        let caught = if config.catch_signals {
+            let _in_runtime = runtime.enter();
+            Some(CaughtSignals::new()?)
+        } else {
+            None
+        };
         let net = Network::new(runtime.handle().clone(), config.net)?;
         if let Some(addr) = &config.metrics {
             crate::metrics::start(addr, runtime.handle(), net.draining_flag())?;
@@ -248,6 +261,7 @@ impl Host {
             shutdown_timeout: config.shutdown_timeout,
             ports: port_plan,
             net,
+            caught,
         })
     }
 
@@ -287,6 +301,7 @@ impl Host {
             shutdown_timeout,
             ports: _,
             net,
+            caught,
         } = self;
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
@@ -308,7 +323,7 @@ impl Host {
             let mut done_rx = done_rx;
             tokio::select! {
                 exit = &mut done_rx => return exit.ok(),
-                _ = stop_signal(), if on_signals => {}
+                _ = stop_signal(caught), if on_signals => {}
             }
             tracing::info!("stopping: closing every connection (1001)");
             stop.stop();
@@ -345,18 +360,50 @@ enum Signals {
     Stop,
 }
 
-async fn stop_signal() {
+/// SIGTERM and SIGINT, listened to from when this is made: one that comes before the host
+/// waits for it is not lost (nor does it kill the process without a drain).
+struct CaughtSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl CaughtSignals {
+    /// Inside the runtime.
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn stop_signal(caught: Option<CaughtSignals>) {
+    match caught {
+        Some(mut caught) => caught.recv().await,
+        None => match CaughtSignals::new() {
+            Ok(mut caught) => caught.recv().await,
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                std::future::pending().await
+            }
+        },
     }
 }
