@@ -208,8 +208,9 @@ pub(crate) fn start(
     let bound = listener.local_addr()?;
     let upkeep = handle.clone();
     runtime.spawn(async move {
-        // Histogram samples pile up until drained: drain them even if nobody scrapes.
-        let mut every = tokio::time::interval(Duration::from_secs(5));
+        // Histogram samples (16 bytes each) pile up until drained: drain them every second
+        // even if nobody scrapes (at 500,000 callbacks/s, about 8 MB in between).
+        let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
             upkeep.run_upkeep();
