@@ -200,3 +200,10 @@ fn class_methods_and_entry_functions_are_callable_from_other_files() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_server_that_cannot_listen_gets_on_error_then_on_terminate() {
+    let (status, stdout, stderr) = run_cli(&["run", "tests/fixtures/listen_fails.rhai"]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "onError 30\nonTerminate", "{stderr}");
+}

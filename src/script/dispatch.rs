@@ -134,6 +134,10 @@ impl Dispatch<'_> {
                     "onError",
                     error_event(ErrorKind::Listen, &message, None),
                 );
+                // Now its onTerminate may run.
+                if let Some(s) = self.ctx.registry.borrow_mut().servers.get_mut(&server) {
+                    s.listen_error_pending = false;
+                }
             }
             Event::Shutdown => self.shutdown(),
             Event::Reload { files } => {
@@ -348,7 +352,7 @@ impl Dispatch<'_> {
             .borrow()
             .servers
             .iter()
-            .filter(|(_, s)| s.terminated && s.conns.is_empty())
+            .filter(|(_, s)| s.terminated && s.conns.is_empty() && !s.listen_error_pending)
             .map(|(id, _)| *id)
             .collect();
         for id in done {

@@ -246,6 +246,7 @@ fn new_server(
             data_type: opts.data_type,
             conns: Default::default(),
             terminated: listened.is_err(),
+            listen_error_pending: listened.is_err(),
             max_connections: opts.max_connections,
             shared,
         },

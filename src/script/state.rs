@@ -52,6 +52,8 @@ pub struct ServerEntry {
     pub conns: BTreeSet<ConnId>,
     /// `terminate()` was called, or it could not listen.
     pub terminated: bool,
+    /// It could not listen and its `onError` (errCode 30) has not run yet: `onTerminate` waits.
+    pub listen_error_pending: bool,
     /// More connections than this are refused with 503.
     pub max_connections: usize,
     /// The open connections of this server on every worker (None if it never listened).
