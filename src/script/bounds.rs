@@ -19,21 +19,19 @@ type Res<T> = Result<T, Box<EvalAltResult>>;
 /// How deep arrays and maps may be nested for comparing, printing and JSON.
 pub const MAX_DEPTH: usize = 256;
 
-/// True if `value` holds arrays or maps nested deeper than `max` (walked without recursion).
+/// True if `value` holds arrays or maps nested deeper than `max`. The recursion stops at
+/// `max`, so it is safe on the native stack, and nothing is copied (a `send` of a large map
+/// walks it once).
 pub fn too_deep(value: &Dynamic, max: usize) -> bool {
-    let mut stack: Vec<(Dynamic, usize)> = vec![(value.clone(), 0)];
-    while let Some((v, depth)) = stack.pop() {
-        if let Some(array) = v.read_lock::<Array>() {
-            if depth >= max {
-                return true;
-            }
-            stack.extend(array.iter().map(|e| (e.clone(), depth + 1)));
-        } else if let Some(map) = v.read_lock::<Map>() {
-            if depth >= max {
-                return true;
-            }
-            stack.extend(map.values().map(|e| (e.clone(), depth + 1)));
-        }
+    deeper_than(value, 0, max)
+}
+
+fn deeper_than(value: &Dynamic, depth: usize, max: usize) -> bool {
+    if let Some(array) = value.read_lock::<Array>() {
+        return depth >= max || array.iter().any(|e| deeper_than(e, depth + 1, max));
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return depth >= max || map.values().any(|e| deeper_than(e, depth + 1, max));
     }
     false
 }
