@@ -26,14 +26,14 @@ use crate::payload::{Payload, Text};
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
 /// What the reader and the writer of a connection tell each other (flags, no clock reads).
-struct LastSeen {
+struct Activity {
     /// Something came from the peer since the writer last looked (at each keepalive tick).
     heard: AtomicBool,
     /// The writer is waiting for the socket to take what it writes: the peer is not reading.
     writing: AtomicBool,
 }
 
-impl LastSeen {
+impl Activity {
     fn new() -> Self {
         Self {
             heard: AtomicBool::new(false),
@@ -102,13 +102,13 @@ pub(crate) async fn run<S>(
         .ping_interval
         .map(|every| super::keepalive::Keepalive::register(&handle, every));
     let done = CancellationToken::new();
-    let last_seen = LastSeen::new();
+    let activity = Activity::new();
     let reader = async {
-        let end = read_loop(stream, &handle, &events, &done, &last_seen).await;
+        let end = read_loop(stream, &handle, &events, &done, &activity).await;
         done.cancel();
         end
     };
-    let writer = write_loop(sink, commands, &handle, &done, &last_seen, config);
+    let writer = write_loop(sink, commands, &handle, &done, &activity, config);
     let (read_end, (write_end, mut sink, mut commands)) = tokio::join!(reader, writer);
 
     let clean = matches!(
@@ -245,7 +245,7 @@ async fn read_loop<S>(
     handle: &ConnectionHandle,
     events: &Events,
     done: &CancellationToken,
-    last_seen: &LastSeen,
+    activity: &Activity,
 ) -> ReadEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -263,7 +263,7 @@ where
             next = stream.next() => next,
             _ = &mut stopped => return ReadEnd::Stopped { peer_close },
         };
-        last_seen.touch();
+        activity.touch();
         let payload = match next {
             Some(Ok(Message::Text(text))) => Payload::Text(text_from(text)),
             Some(Ok(Message::Binary(bytes))) => Payload::Binary(bytes),
@@ -279,7 +279,7 @@ where
                 // tungstenite answers pings itself, queueing the pongs; the writer flushes
                 // them now and then, and a peer that keeps pinging while it does not read
                 // them is flooding, not keeping alive.
-                if last_seen.writing.load(Ordering::Relaxed) {
+                if activity.writing.load(Ordering::Relaxed) {
                     stalled_pings += 1;
                     if stalled_pings >= PINGS_WHILE_STALLED {
                         return ReadEnd::Failed {
@@ -376,7 +376,7 @@ async fn write_loop<S>(
     commands: flume::Receiver<Command>,
     handle: &ConnectionHandle,
     done: &CancellationToken,
-    last_seen: &LastSeen,
+    activity: &Activity,
     config: &NetConfig,
 ) -> (WriteEnd, Sink<S>, flume::Receiver<Command>)
 where
@@ -429,7 +429,7 @@ where
                 (batch, None, then_close)
             }
             Some(Command::Ping) => {
-                if last_seen.take() {
+                if activity.take() {
                     heard_at = Instant::now();
                 }
                 if let Some(idle) = config.idle_timeout
@@ -447,9 +447,9 @@ where
                 // The write first: when it is done at once, nothing else is polled.
                 biased;
                 r = async {
-                    last_seen.writing.store(true, Ordering::Relaxed);
+                    activity.writing.store(true, Ordering::Relaxed);
                     let r = write_batch(&mut sink, batch, extra, handle).await;
-                    last_seen.writing.store(false, Ordering::Relaxed);
+                    activity.writing.store(false, Ordering::Relaxed);
                     r
                 } => r,
                 _ = &mut ended => Err(WsError::ConnectionClosed),
