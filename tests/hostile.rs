@@ -44,13 +44,7 @@ async fn answer(port: u16, request: &str) -> String {
 async fn a_peer_that_pings_and_never_reads_is_closed_and_memory_stays_bounded() {
     let host = Host::start(SCRIPT);
     let before = host.rss_kib();
-    let mut tcp = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
-    tcp.write_all(upgrade(Some("dGhlIHNhbXBsZSBub25jZQ=="), "1.1").as_bytes())
-        .await
-        .unwrap();
-    let mut head = vec![0u8; 1024];
-    let n = tcp.read(&mut head).await.unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    let mut tcp = raw_upgraded(host.port).await;
     // 1,000 pings of 125 bytes each, masked as a client must, written again and again; never
     // a read. Each asks for a pong of 127 bytes.
     let mut burst = Vec::new();
@@ -256,13 +250,7 @@ async fn dotfiles_under_the_static_folder_are_not_served() {
 #[tokio::test]
 async fn an_invalid_close_code_from_the_peer_is_reported() {
     let host = Host::start(SCRIPT);
-    let mut tcp = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
-    tcp.write_all(upgrade(Some("dGhlIHNhbXBsZSBub25jZQ=="), "1.1").as_bytes())
-        .await
-        .unwrap();
-    let mut head = vec![0u8; 1024];
-    let n = tcp.read(&mut head).await.unwrap();
-    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    let mut tcp = raw_upgraded(host.port).await;
     // A close frame with code 999 (not a code a peer may send), masked.
     let mut close = Frame::message(
         999u16.to_be_bytes().to_vec(),

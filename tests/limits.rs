@@ -14,20 +14,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// A raw TCP connection that has done the WebSocket handshake.
-async fn raw_upgraded(port: u16) -> TcpStream {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tcp.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    tcp
-}
-
 /// Reads until EOF (bounded); returns what came.
 async fn read_to_end(tcp: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut out = Vec::new();

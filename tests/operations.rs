@@ -10,9 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 /// Starts `script` with `--metrics 127.0.0.1:0` (and `args`); returns it with the metrics port.
 fn start_with_metrics(script: &str, args: &[&str]) -> (Host, u16) {
     let mut all = vec!["--metrics", "127.0.0.1:0"];
@@ -99,14 +96,7 @@ async fn healthz_and_new_upgrades_say_503_during_a_drain() {
     let (mut host, mport) = start_with_metrics("scripts/echo.rhai", &[]);
     assert!(get(mport, "/healthz").await.0.contains("200"));
     // A peer that never reads keeps the drain going until its close times out (2 s).
-    let mut stuck = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
-    stuck.write_all(UPGRADE.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(TIMEOUT, stuck.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let stuck = raw_upgraded(host.port).await;
 
     let started = Instant::now();
     host.terminate();
@@ -122,6 +112,7 @@ async fn healthz_and_new_upgrades_say_503_during_a_drain() {
 
     let mut late = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
     late.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
     let n = tokio::time::timeout(TIMEOUT, late.read(&mut buf))
         .await
         .unwrap()
@@ -176,14 +167,7 @@ async fn json_logs_are_one_object_per_line() {
 async fn a_drain_past_drain_timeout_is_forced_and_exits_3() {
     let mut host = Host::start_with("scripts/echo.rhai", &["--drain-timeout", "0.5"]);
     // This peer never answers the close frame: its close would wait 2 s, past the 0.5 s.
-    let mut stuck = TcpStream::connect(("127.0.0.1", host.port)).await.unwrap();
-    stuck.write_all(UPGRADE.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(TIMEOUT, stuck.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let stuck = raw_upgraded(host.port).await;
     let started = Instant::now();
     host.terminate();
     let status = host.wait_exit(TIMEOUT).expect("exits");

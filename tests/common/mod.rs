@@ -318,3 +318,22 @@ pub async fn assert_silent(ws: &mut Client, wait: Duration) {
         panic!("expected no message, got {m:?}");
     }
 }
+
+/// An upgrade request, as raw bytes, for clients that speak to the socket themselves.
+pub const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A raw TCP connection that has done the WebSocket handshake (the 101 is read).
+pub async fn raw_upgraded(port: u16) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut buf))
+        .await
+        .expect("an answer to the upgrade")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
