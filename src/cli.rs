@@ -204,6 +204,10 @@ struct RunArgs {
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Join a cluster of wshost processes through this Redis server (redis://HOST:PORT[/DB]):
+    /// topics published on one node reach subscribers on all of them.
+    #[arg(long, value_name = "URL", env = "WSHOST_CLUSTER")]
+    cluster: Option<String>,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take to close every connection before the host
     /// gives up waiting and exits 3.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -324,6 +328,7 @@ fn run(args: RunArgs) -> ExitCode {
     config.workers = args.workers.clamp(1, 64);
     config.net.extra_ca = args.ca_file;
     config.metrics = args.metrics;
+    config.cluster = args.cluster.filter(|url| !url.is_empty());
     config.catch_signals = true;
     if !(args.drain_timeout.is_finite() && args.drain_timeout > 0.0) {
         eprintln!("error: --drain-timeout must be a number of seconds > 0");

@@ -20,9 +20,17 @@ pub type ServerId = u64;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A fresh id, unique in this process (connections and servers share the sequence).
+/// A fresh id, unique in this process (connections and servers share the sequence); in a
+/// cluster, unique across its nodes (see [`start_ids_at`]).
 pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes the ids from now on start with `prefix` (bits 32 and up): a clustered node's number,
+/// so its connection ids differ from every other node's.
+pub fn start_ids_at(prefix: u64) {
+    let low = NEXT_ID.load(Ordering::Relaxed) & 0xffff_ffff;
+    NEXT_ID.store(prefix << 32 | low, Ordering::Relaxed);
 }
 
 /// The life of a connection as scripts see it (`ws.status`).

@@ -50,6 +50,9 @@ pub struct HostConfig {
     pub shutdown_timeout: Duration,
     /// Serve `/metrics` (Prometheus) and `/healthz` on this address (`--metrics`; None: off).
     pub metrics: Option<String>,
+    /// Join a cluster through this Redis server (`--cluster redis://HOST:PORT[/DB]`; None:
+    /// this host alone).
+    pub cluster: Option<String>,
     /// The script's `ARGS` array.
     pub args: Vec<String>,
     /// Hot reload: watch the scripts, with this debounce (None: no watching).
@@ -76,6 +79,7 @@ impl Default for HostConfig {
             budget: Budget::default(),
             shutdown_timeout: Duration::from_secs(5),
             metrics: None,
+            cluster: None,
             args: Vec::new(),
             watch: None,
             workers: 1,
@@ -216,7 +220,21 @@ impl Host {
         };
         let net = Network::new(runtime.handle().clone(), config.net)?;
         if let Some(addr) = &config.metrics {
-            crate::metrics::start(addr, runtime.handle(), net.draining_flag())?;
+            crate::metrics::start(
+                addr,
+                runtime.handle(),
+                net.draining_flag(),
+                net.topics().clone(),
+            )?;
+        }
+        if let Some(url) = &config.cluster {
+            crate::event::start_ids_at(net.node().number());
+            crate::cluster::start(
+                url,
+                net.node().as_str(),
+                net.topics().clone(),
+                runtime.handle(),
+            )?;
         }
         let entry = entry.into();
         // The first worker records its top-level servers' ports here; the others join them.

@@ -89,6 +89,7 @@
 
 mod alloc;
 pub mod cli;
+mod cluster;
 mod connect;
 mod event;
 mod event_loop;
@@ -98,6 +99,7 @@ pub(crate) mod net;
 mod payload;
 mod runner;
 mod script;
+mod topics;
 mod watch;
 
 pub use alloc::CountingAllocator;

@@ -12,6 +12,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use crate::topics::Topics;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -188,6 +190,28 @@ fn describe() {
         "callbacks stopped by their budget (operations, time)"
     );
     describe_counter!("wshost_reloads_total", "hot reloads that took effect");
+    describe_gauge!("wshost_topics", "topics with subscribers on this node");
+    describe_counter!("wshost_publishes_total", "publishes made on this node");
+    describe_counter!(
+        "wshost_cluster_publishes_sent_total",
+        "publishes passed to the other nodes through Redis"
+    );
+    describe_counter!(
+        "wshost_cluster_publishes_received_total",
+        "publishes of other nodes delivered here"
+    );
+    describe_counter!(
+        "wshost_cluster_publishes_dropped_total",
+        "publishes that reached this node only (Redis unreachable or not keeping up)"
+    );
+    describe_gauge!(
+        "wshost_cluster_nodes",
+        "live nodes of the cluster, this one included"
+    );
+    describe_gauge!(
+        "wshost_cluster_redis_connected",
+        "1 while this node reaches the cluster's Redis"
+    );
     describe_counter!(
         "wshost_reloads_failed_total",
         "hot reloads refused (the old code kept running)"
@@ -200,6 +224,7 @@ pub(crate) fn start(
     addr: &str,
     runtime: &tokio::runtime::Handle,
     draining: Arc<AtomicBool>,
+    topics: Arc<Topics>,
 ) -> anyhow::Result<SocketAddr> {
     let handle = install()?;
     let listener = std::net::TcpListener::bind(addr)
@@ -226,10 +251,10 @@ pub(crate) fn start(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            let (handle, draining) = (handle.clone(), draining.clone());
+            let (handle, draining, topics) = (handle.clone(), draining.clone(), topics.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let answer = answer(&req, &handle, &draining);
+                    let answer = answer(&req, &handle, &draining, &topics);
                     async move { Ok::<_, Infallible>(answer) }
                 });
                 let _ = http1::Builder::new()
@@ -242,16 +267,36 @@ pub(crate) fn start(
     Ok(bound)
 }
 
+/// Copies what the topics and the cluster counted into the recorder (before a scrape).
+fn export_topics(topics: &Topics) {
+    metrics::gauge!("wshost_topics").set(topics.topic_count() as f64);
+    metrics::counter!("wshost_publishes_total").absolute(topics.publishes());
+    if let Some(cluster) = topics.cluster() {
+        let stats = cluster.stats();
+        let sent = stats.sent.load(Ordering::Relaxed);
+        metrics::counter!("wshost_cluster_publishes_sent_total").absolute(sent);
+        let received = stats.received.load(Ordering::Relaxed);
+        metrics::counter!("wshost_cluster_publishes_received_total").absolute(received);
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        metrics::counter!("wshost_cluster_publishes_dropped_total").absolute(dropped);
+        metrics::gauge!("wshost_cluster_nodes").set(cluster.nodes() as f64 + 1.0);
+        let connected = if cluster.connected() { 1.0 } else { 0.0 };
+        metrics::gauge!("wshost_cluster_redis_connected").set(connected);
+    }
+}
+
 fn answer(
     req: &Request<Incoming>,
     handle: &PrometheusHandle,
     draining: &AtomicBool,
+    topics: &Topics,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             if let Some(m) = get() {
                 m.export();
             }
+            export_topics(topics);
             (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
         "/healthz" if draining.load(Ordering::Relaxed) => (

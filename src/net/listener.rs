@@ -241,6 +241,10 @@ pub struct Network {
     interrupt: crate::script::Interrupt,
     /// Set when the host drains: listeners stay open but answer upgrades with 503.
     draining: Arc<AtomicBool>,
+    /// The host's topics, shared by its workers (and, with `--cluster`, by the other nodes).
+    topics: Arc<crate::topics::Topics>,
+    /// This host's `NODE_ID`, and the number its connection ids start with when clustered.
+    node: crate::cluster::NodeId,
 }
 
 impl Network {
@@ -269,7 +273,17 @@ impl Network {
             listeners: Mutex::new(HashMap::new()),
             interrupt: Default::default(),
             draining: Default::default(),
+            topics: Default::default(),
+            node: crate::cluster::NodeId::random(),
         }))
+    }
+
+    pub fn topics(&self) -> &Arc<crate::topics::Topics> {
+        &self.topics
+    }
+
+    pub fn node(&self) -> &crate::cluster::NodeId {
+        &self.node
     }
 
     pub(crate) fn config(&self) -> &Arc<NetConfig> {

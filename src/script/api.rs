@@ -1,6 +1,6 @@
 //! The script API as a whole: the globals (`WebSocketServer`, `WebSocket`, `cs`, `ARGS`,
-//! `WORKER_ID`) and what every part shares about handlers. Each part has its own file:
-//! `server.rs`, `connection.rs`, `client.rs`, `classes.rs` (`cs`), `timers.rs`.
+//! `WORKER_ID`, `NODE_ID`) and what every part shares about handlers. Each part has its own file:
+//! `server.rs`, `connection.rs`, `client.rs`, `classes.rs` (`cs`), `timers.rs`, `topics.rs`.
 //!
 //! Scripts only ever hold ids and handles; every read goes to the worker's [`Ctx`], every
 //! write becomes a command to a socket task.
@@ -27,6 +27,8 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     globals.set_var("ARGS", args);
     // Which worker runs this copy of the script (0 unless `--workers N`).
     globals.set_var("WORKER_ID", ctx.top_level.worker() as i64);
+    // This host's name in a cluster (`--cluster`); alone, a name all the same.
+    globals.set_var("NODE_ID", ctx.net.node().as_str().to_string());
     engine.register_global_module(globals.into());
 
     super::server::register(engine, ctx);
@@ -34,6 +36,7 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     super::client::register(engine, ctx);
     super::classes::register(engine, ctx);
     super::timers::register(engine, ctx);
+    super::topics::register(engine, ctx);
 }
 
 /// Makes `handler` a shared object map, so `this.x = …` and `ws.handler.x = …` persist.

@@ -318,6 +318,8 @@ impl Dispatch<'_> {
             // Scripts see `Closed` from onTerminate on, not before: the socket may be gone
             // earlier, but events queued before this one still see the connection closing.
             entry.handle.set_status(crate::event::Status::Closed);
+            // It leaves its topics too (after its status says closed: see Topics::subscribe).
+            self.ctx.net.topics().leave_all(conn);
             // Leave `wss.connections` before onTerminate, so a goodbye broadcast skips it.
             if let Side::Server(server) = entry.side
                 && let Some(s) = reg.servers.get_mut(&server)

@@ -20,6 +20,7 @@ mod state;
 mod testing;
 mod timers;
 mod top_level;
+mod topics;
 mod worker;
 
 pub use check::compile_only;
