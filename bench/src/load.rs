@@ -497,10 +497,32 @@ pub fn chat(
     window: usize,
     timing: Timing,
 ) -> anyhow::Result<Measured> {
+    chat_from(
+        target.addr,
+        target,
+        receivers,
+        window,
+        timing,
+        Duration::ZERO,
+    )
+}
+
+/// As [`chat`], with the sender connected to `sender` (another node of a cluster) and the
+/// receivers to `target`; the sender starts `settle` after the receivers connected (a node
+/// subscribes to a topic's Redis channel a moment after its first subscriber came).
+pub fn chat_from(
+    sender: SocketAddr,
+    target: Target,
+    receivers: usize,
+    window: usize,
+    timing: Timing,
+    settle: Duration,
+) -> anyhow::Result<Measured> {
     let listening = (0..receivers)
         .map(|_| connect(target.addr))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let sender = connect(target.addr)?;
+    std::thread::sleep(settle);
+    let sender = connect(sender)?;
     let payload = b"chat message from the one sender";
     let batch = client_frames(payload, window)?;
     on_this_thread(async move {

@@ -5,6 +5,7 @@
 //!   cargo run --release -p wshost-bench -- all --rounds 1 --seconds 2 --only echo,json
 //!   cargo run --release -p wshost-bench -- all --no-pin --workers 2
 //!   cargo run --release -p wshost-bench -- reload          # hot reload latency under load
+//!   cargo run --release -p wshost-bench -- fanout          # topics, one node and two (Redis)
 //!
 //! `all` benchmarks `target/release/wshost` (next to this binary; `--wshost PATH` for another)
 //! against a reference written in plain tokio-tungstenite with no scripting (`wshost-bench
@@ -14,10 +15,11 @@
 //! to another (`--no-pin`: neither; with one core pinning is impossible and says so). The
 //! pinned load generator busy-polls (`--no-spin`: it sleeps when idle): an idle core can take
 //! some 50 µs to wake (in a VM), and a load generator that sleeps between answers left the
-//! reference half idle. Workloads (`--only echo,chat,json,memory,startup`):
+//! reference half idle. Workloads (`--only echo,chat,topic,json,memory,startup`):
 //!
 //! - echo: `--connections` 64, `--size` 32-byte text, `--in-flight` 16 per connection;
-//! - chat: `--receivers` 200 and one sender; each message goes to every receiver; the sender
+//! - chat: `--receivers` 200 and one sender; each message goes to every receiver (a script loop
+//!   in wshost; with `topic`, a publish to a topic they all subscribed to); the sender
 //!   keeps at most `--chat-window` 16 messages that some receiver has not read yet;
 //! - json: like echo with `{"op":"add","n":1}`; the server keeps a total per connection and
 //!   answers `{"total":N}` (checked at the end: N must be the number of answers);
@@ -47,6 +49,7 @@
 //! while the load generator's stayed below it). If not, the load generator, not the reference,
 //! was the bottleneck, and a WARNING says the ratios are not meaningful.
 
+mod fanout;
 mod load;
 mod pinning;
 mod reference;
@@ -85,6 +88,22 @@ enum Bench {
     },
     /// Every workload against the reference and wshost (and Node's ws); prints the tables.
     All(AllArgs),
+    /// Topics on one node and across two nodes through a real redis-server (`--cluster`).
+    Fanout {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Subscribers on node B.
+        #[arg(long, default_value_t = 200)]
+        receivers: usize,
+        #[arg(long, default_value_t = 16)]
+        chat_window: usize,
+        #[arg(long)]
+        no_pin: bool,
+    },
     /// The reference server: plain tokio-tungstenite, no scripting.
     Reference {
         #[arg(long, value_enum)]
@@ -116,7 +135,7 @@ struct AllArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "echo,chat,json,memory,startup"
+        default_value = "echo,chat,topic,json,memory,startup"
     )]
     only: Vec<Workload>,
     /// Echo and json: connections.
@@ -146,6 +165,8 @@ enum Mode {
     Echo,
     /// Sends it to every other connection.
     Chat,
+    /// As chat; wshost publishes it to a topic every connection subscribed to.
+    Topic,
     /// Parses `{"op":"add","n":N}`, adds N to the connection's total, answers `{"total":T}`.
     Json,
 }
@@ -154,6 +175,7 @@ enum Mode {
 enum Workload {
     Echo,
     Chat,
+    Topic,
     Json,
     Memory,
     Startup,
@@ -202,6 +224,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             report::all(&config)
         }
+        Bench::Fanout {
+            rounds,
+            seconds,
+            warmup,
+            receivers,
+            chat_window,
+            no_pin,
+        } => fanout::fanout(&fanout::Config {
+            wshost: server::existing_wshost(&wshost)?,
+            rounds: rounds.max(1),
+            window: Duration::from_secs_f64(seconds),
+            warmup: Duration::from_secs_f64(warmup),
+            receivers: receivers.max(1),
+            chat_window: chat_window.max(1),
+            pin: !no_pin,
+        }),
         // Tokio's default worker count follows the process's CPU affinity: one thread when
         // the bench pins the reference to one core, as many as cores when it does not.
         Bench::Reference { mode } => multi_thread()?.block_on(reference::serve(mode)),

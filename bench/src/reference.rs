@@ -34,7 +34,7 @@ pub async fn serve(mode: Mode) -> anyhow::Result<()> {
             };
             match mode {
                 Mode::Echo => echo(ws).await,
-                Mode::Chat => chat(ws, id, peers).await,
+                Mode::Chat | Mode::Topic => chat(ws, id, peers).await,
                 Mode::Json => json(ws).await,
             }
         });

@@ -144,6 +144,7 @@ fn run_one(
 ) -> anyhow::Result<Sample> {
     let mode = match workload {
         Workload::Chat => Mode::Chat,
+        Workload::Topic => Mode::Topic,
         Workload::Json => Mode::Json,
         Workload::Echo | Workload::Memory | Workload::Startup => Mode::Echo,
     };
@@ -172,7 +173,9 @@ fn run_one(
             Answer::Total,
             timing,
         )?,
-        Workload::Chat => load::chat(target, config.receivers, config.chat_window, timing)?,
+        Workload::Chat | Workload::Topic => {
+            load::chat(target, config.receivers, config.chat_window, timing)?
+        }
     };
     drop(server);
     report_failures(workload, kind, &measured);
@@ -256,7 +259,7 @@ fn json_number(v: f64) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     if v.is_empty() {
         return f64::NAN;
@@ -332,6 +335,14 @@ fn print_table(config: &Config, workload: Workload, rows: &[(Kind, Vec<Sample>)]
                 "chat: 1 sender → {} receivers, at most {} messages not yet read by every \
                  receiver; rate = deliveries/s, latency = send to the last receiver's read",
                 config.receivers, config.chat_window
+            ),
+            "deliv/s",
+        ),
+        Workload::Topic => (
+            format!(
+                "topic: as chat, but wshost publishes to a topic all {} receivers subscribed to \
+                 (native fan-out); the reference is the same broadcast",
+                config.receivers
             ),
             "deliv/s",
         ),
@@ -429,7 +440,7 @@ fn fixed(v: f64, decimals: usize) -> String {
     }
 }
 
-fn thousands(v: f64) -> String {
+pub fn thousands(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
     }

@@ -64,12 +64,17 @@ impl Server {
 
 impl Launcher {
     pub fn start(&self, kind: Kind, mode: Mode) -> anyhow::Result<Server> {
+        self.start_with(kind, mode, &[])
+    }
+
+    /// As `start`, with more arguments for wshost (e.g. `--cluster URL`).
+    pub fn start_with(&self, kind: Kind, mode: Mode, extra: &[&str]) -> anyhow::Result<Server> {
         let mut cmd = match kind {
             Kind::Reference => {
                 let mut cmd = Command::new(std::env::current_exe()?);
                 let mode = match mode {
                     Mode::Echo => "echo",
-                    Mode::Chat => "chat",
+                    Mode::Chat | Mode::Topic => "chat",
                     Mode::Json => "json",
                 };
                 cmd.args(["reference", "--mode", mode]);
@@ -79,6 +84,7 @@ impl Launcher {
                 let script = match mode {
                     Mode::Echo => bench_file("../scripts/echo.rhai"),
                     Mode::Chat => bench_file("scripts/chat.rhai"),
+                    Mode::Topic => bench_file("scripts/topic.rhai"),
                     Mode::Json => bench_file("scripts/json.rhai"),
                 };
                 let mut cmd = Command::new(&self.wshost);
@@ -91,6 +97,7 @@ impl Launcher {
                     "--workers",
                     &self.workers.to_string(),
                 ]);
+                cmd.args(extra);
                 cmd
             }
             Kind::NodeWs => {
