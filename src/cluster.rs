@@ -306,7 +306,22 @@ async fn serve(
     let mut last_heard = Instant::now();
     let mut batch = Vec::with_capacity(256);
     loop {
+        // Biased, changes first: a subscribe made before a publish (in one callback, say) is
+        // sent to Redis before it.
         tokio::select! {
+            biased;
+            _ = cluster.changes.notified() => {
+                let changes = topics.take_changes();
+                for (topic, n) in &changes {
+                    if *n > 0 && !subscribed.contains(topic) {
+                        sink.subscribe(topic_channel(topic)).await?;
+                        subscribed.insert(topic.clone());
+                    } else if *n == 0 && subscribed.remove(topic) {
+                        sink.unsubscribe(topic_channel(topic)).await?;
+                    }
+                }
+                announce(&mut conn, cluster, "delta", changes).await?;
+            }
             message = stream.next() => {
                 let Some(message) = message else {
                     anyhow::bail!("connection closed");
@@ -330,18 +345,6 @@ async fn serve(
                 }
                 pipe.query_async::<()>(&mut conn).await?;
                 cluster.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            _ = cluster.changes.notified() => {
-                let changes = topics.take_changes();
-                for (topic, n) in &changes {
-                    if *n > 0 && !subscribed.contains(topic) {
-                        sink.subscribe(topic_channel(topic)).await?;
-                        subscribed.insert(topic.clone());
-                    } else if *n == 0 && subscribed.remove(topic) {
-                        sink.unsubscribe(topic_channel(topic)).await?;
-                    }
-                }
-                announce(&mut conn, cluster, "delta", changes).await?;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > SILENCE {

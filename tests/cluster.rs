@@ -209,6 +209,36 @@ async fn redis_going_away_never_stops_a_node() {
     );
 }
 
+/// The README's two-node chat: a client on each node, in the same room, hear each other.
+#[tokio::test]
+async fn the_chat_spans_two_nodes() {
+    if !have_redis("the_chat_spans_two_nodes") {
+        return;
+    }
+    let redis = Redis::start(free_port()).unwrap();
+    let args = ["--cluster", &redis.url()];
+    let (node_a, node_b) = (
+        Host::start_with("scripts/chat.rhai", &args),
+        Host::start_with("scripts/chat.rhai", &args),
+    );
+    wait_log(&node_a, "joined through Redis");
+    wait_log(&node_b, "joined through Redis");
+    let mut a = connect(&node_a.url("/?name=ann&room=ops")).await;
+    assert_eq!(recv_text(&mut a).await, "Welcome on the chat!");
+    // Wait until node B knows that node A has a member in "ops" (its channel is subscribed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = connect(&node_b.url("/?name=bo&room=ops")).await;
+    assert_eq!(recv_text(&mut b).await, "Welcome on the chat!");
+    assert_eq!(recv_text(&mut a).await, "New client connected");
+    send_text(&mut a, r#"{"name":"ann","text":"hi from node A"}"#).await;
+    assert_eq!(
+        recv_text(&mut b).await,
+        r#"{"name":"ann","text":"hi from node A"}"#
+    );
+    send_text(&mut b, "and back").await;
+    assert_eq!(recv_text(&mut a).await, "and back");
+}
+
 #[test]
 fn a_bad_cluster_url_is_refused_at_start() {
     let (status, _, stderr) = run_cli(&[

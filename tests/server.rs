@@ -37,6 +37,28 @@ async fn chat_three_clients_join_talk_and_leave() {
     assert!(host.stdout().contains("chat: server started on port"));
 }
 
+/// `?room=` puts a client in a room (a topic): talk stays in its room.
+#[tokio::test]
+async fn chat_rooms_keep_their_talk_apart() {
+    let host = Host::start("scripts/chat.rhai");
+    let mut lobby = connect(&host.url("/?name=ann")).await;
+    assert_eq!(recv_text(&mut lobby).await, "Welcome on the chat!");
+    let mut red1 = connect(&host.url("/?name=bo&room=red")).await;
+    assert_eq!(recv_text(&mut red1).await, "Welcome on the chat!");
+    let mut red2 = connect(&host.url("/?name=cy&room=red")).await;
+    assert_eq!(recv_text(&mut red2).await, "Welcome on the chat!");
+    assert_eq!(recv_text(&mut red1).await, "New client connected");
+
+    send_text(&mut red2, "in red").await;
+    assert_eq!(recv_text(&mut red1).await, "in red");
+    send_text(&mut lobby, "in the lobby").await;
+    red2.close(None).await.unwrap();
+    assert_eq!(recv_text(&mut red1).await, "Client disconnected");
+    // The lobby heard nothing of the red room, and red nothing of the lobby.
+    assert_silent(&mut lobby, Duration::from_millis(200)).await;
+    assert_silent(&mut red1, Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn chat_refuses_a_banned_name_with_http_403() {
     let host = Host::start("scripts/chat.rhai");
