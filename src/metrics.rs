@@ -6,7 +6,12 @@
 //! kept in a static: counting a message is an atomic add, and with `--metrics` off it is one
 //! load of an empty `OnceLock` (no clock read for the callback timings either). Labels are a
 //! bounded set: a server's configured path, a callback name, a refusal reason; never a
-//! connection id.
+//! connection id or a topic.
+//!
+//! The callback durations are the exception: the exporter's histogram keeps every sample
+//! until it is drained (a push of 16 bytes per callback, some 190 instructions, plus the
+//! draining), so they are counted in fixed buckets here ([`Durations`]: two atomic adds per
+//! callback) and written by `prometheus-client`'s encoder after the exporter's text.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,8 +30,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 
 /// The callbacks timed under their own name; any other is `other`.
 const CALLBACKS: [&str; 6] = [
@@ -39,9 +47,88 @@ const CALLBACKS: [&str; 6] = [
 ];
 
 /// Seconds: from 10 µs (an echo) to 10 s (past any callback time budget).
-const DURATION_BUCKETS: [f64; 13] = [
-    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 1.0, 10.0,
+/// Upper bounds of the callback-duration buckets, in nanoseconds (10 µs … 10 s).
+const DURATION_BOUNDS_NS: [u64; 13] = [
+    10_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
 ];
+
+/// A histogram of durations in fixed buckets: an observation is two atomic adds, with no
+/// allocation and nothing to drain.
+#[derive(Default)]
+pub(crate) struct Durations {
+    /// One per bound, then the rest (+Inf); not cumulative.
+    buckets: [AtomicU64; DURATION_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Durations {
+    #[inline]
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let i = DURATION_BOUNDS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(DURATION_BOUNDS_NS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Sum in seconds, count, and (upper bound in seconds, count) per bucket.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let bounds = DURATION_BOUNDS_NS
+            .iter()
+            .map(|&ns| ns as f64 / 1e9)
+            .chain([f64::MAX]);
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, counts.iter().sum(), bounds.zip(counts).collect())
+    }
+}
+
+/// Writes `wshost_callback_duration_seconds` (by callback) on each scrape.
+#[derive(Debug)]
+struct CallbackDurations;
+
+impl Collector for CallbackDurations {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(m) = get() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "wshost_callback_duration_seconds",
+            "time spent in script callbacks, by callback name",
+            None,
+            MetricType::Histogram,
+        )?;
+        let names = CALLBACKS.iter().chain(["other"].iter());
+        for (name, durations) in names.zip(m.callbacks.iter()) {
+            let (sum, count, buckets) = durations.snapshot();
+            let labels = [("callback", *name)];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+}
 
 /// The counters counted per message: plain atomics, copied into the recorder when scraped.
 /// (A recorder counter is a call through a trait object that bumps a generation counter
@@ -77,8 +164,8 @@ pub(crate) struct Metrics {
     pub budget_stops: Counter,
     pub reloads: Counter,
     pub reloads_failed: Counter,
-    callbacks: [Histogram; CALLBACKS.len()],
-    other_callback: Histogram,
+    /// Per name of CALLBACKS, then `other`.
+    callbacks: [Durations; CALLBACKS.len() + 1],
 }
 
 impl Metrics {
@@ -92,11 +179,12 @@ impl Metrics {
     }
 
     /// The duration histogram of callback `name`.
-    pub fn callback(&self, name: &str) -> &Histogram {
-        CALLBACKS
+    pub fn callback(&self, name: &str) -> &Durations {
+        let i = CALLBACKS
             .iter()
             .position(|c| *c == name)
-            .map_or(&self.other_callback, |i| &self.callbacks[i])
+            .unwrap_or(CALLBACKS.len());
+        &self.callbacks[i]
     }
 }
 
@@ -122,16 +210,9 @@ fn install() -> anyhow::Result<PrometheusHandle> {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("wshost_callback_duration_seconds".into()),
-            &DURATION_BUCKETS,
-        )
-        .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     describe();
-    let callbacks = CALLBACKS
-        .map(|name| metrics::histogram!("wshost_callback_duration_seconds", "callback" => name));
     let _ = METRICS.set(Metrics {
         traffic: Traffic::default(),
         exported: [
@@ -145,17 +226,13 @@ fn install() -> anyhow::Result<PrometheusHandle> {
         budget_stops: metrics::counter!("wshost_callback_budget_stops_total"),
         reloads: metrics::counter!("wshost_reloads_total"),
         reloads_failed: metrics::counter!("wshost_reloads_failed_total"),
-        callbacks,
-        other_callback: metrics::histogram!(
-            "wshost_callback_duration_seconds",
-            "callback" => "other"
-        ),
+        callbacks: Default::default(),
     });
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
         "wshost_connections_open",
         "open WebSocket connections, by server path"
@@ -175,11 +252,6 @@ fn describe() {
     describe_counter!(
         "wshost_slow_peer_closes_total",
         "connections closed with 1008 because the peer did not read"
-    );
-    describe_histogram!(
-        "wshost_callback_duration_seconds",
-        metrics::Unit::Seconds,
-        "time spent in script callbacks, by callback name"
     );
     describe_counter!(
         "wshost_callback_errors_total",
@@ -231,16 +303,6 @@ pub(crate) fn start(
         .with_context(|| format!("--metrics: cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let upkeep = handle.clone();
-    runtime.spawn(async move {
-        // Histogram samples (16 bytes each) pile up until drained: drain them every second
-        // even if nobody scrapes (at 500,000 callbacks/s, about 8 MB in between).
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     runtime.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -265,6 +327,17 @@ pub(crate) fn start(
     });
     tracing::info!("metrics on http://{bound}/metrics");
     Ok(bound)
+}
+
+/// The exporter's text, then the callback durations (prometheus-client's encoder).
+fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(CallbackDurations));
+    if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut text, &registry) {
+        tracing::warn!("--metrics: cannot write the callback durations: {e}");
+    }
+    text
 }
 
 /// Copies what the topics and the cluster counted into the recorder (before a scrape).
@@ -297,7 +370,7 @@ fn answer(
                 m.export();
             }
             export_topics(topics);
-            (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
+            (StatusCode::OK, "text/plain; version=0.0.4", render(handle))
         }
         "/healthz" if draining.load(Ordering::Relaxed) => (
             StatusCode::SERVICE_UNAVAILABLE,

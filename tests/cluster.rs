@@ -239,6 +239,42 @@ async fn the_chat_spans_two_nodes() {
     assert_eq!(recv_text(&mut a).await, "and back");
 }
 
+/// `/metrics` counts topics, publishes and what crossed through Redis.
+#[tokio::test]
+async fn metrics_count_topics_and_the_cluster() {
+    if !have_redis("metrics_count_topics_and_the_cluster") {
+        return;
+    }
+    let redis = Redis::start(free_port()).unwrap();
+    let (node_a, mport) = start_with_metrics(&fixture("topics.rhai"), &["--cluster", &redis.url()]);
+    let node_b = node(&redis.url());
+    wait_log(&node_a, "joined through Redis");
+    wait_log(&node_b, "joined through Redis");
+    let mut a = connect(&node_a.url("/")).await;
+    let mut b = connect(&node_b.url("/")).await;
+    assert_eq!(ask(&mut a, "sub t1").await, "sub t1 true");
+    assert_eq!(ask(&mut a, "sub t2").await, "sub t2 true");
+    assert_eq!(ask(&mut b, "sub t1").await, "sub t1 true");
+    ask_until(&mut b, "count t1", "count t1 2").await;
+    assert_eq!(ask(&mut b, "pub t1 x").await, "pub 0");
+    assert_eq!(recv_text(&mut a).await, "x");
+    assert_eq!(ask(&mut a, "pub t1 y").await, "pub 0");
+    assert_eq!(recv_text(&mut b).await, "y");
+
+    let (_, metrics) = get(mport, "/metrics").await;
+    let expect = [
+        ("wshost_topics", 2.0),
+        ("wshost_publishes_total", 1.0),
+        ("wshost_cluster_publishes_sent_total", 1.0),
+        ("wshost_cluster_publishes_received_total", 1.0),
+        ("wshost_cluster_nodes", 2.0),
+        ("wshost_cluster_redis_connected", 1.0),
+    ];
+    for (name, value) in expect {
+        assert_eq!(sample(&metrics, name), Some(value), "{name} in:\n{metrics}");
+    }
+}
+
 #[test]
 fn a_bad_cluster_url_is_refused_at_start() {
     let (status, _, stderr) = run_cli(&[

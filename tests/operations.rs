@@ -10,42 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Starts `script` with `--metrics 127.0.0.1:0` (and `args`); returns it with the metrics port.
-fn start_with_metrics(script: &str, args: &[&str]) -> (Host, u16) {
-    let mut all = vec!["--metrics", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let host = Host::start_with(script, &all);
-    let line = host
-        .wait_stderr("metrics on http://", TIMEOUT)
-        .unwrap_or_else(|| panic!("no metrics line; stderr:\n{}", host.stderr()));
-    (host, port_of(&line))
-}
-
-/// A plain HTTP GET; returns the status line and the body.
-async fn get(port: u16, path: &str) -> (String, String) {
-    let work = async {
-        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        tcp.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        tcp.read_to_end(&mut out).await.unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let text = tokio::time::timeout(TIMEOUT, work).await.expect("HTTP GET");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample `name` (with its labels, as written: `m{a="b"}`), if present.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_real_traffic() {
     let (host, mport) =

@@ -569,7 +569,7 @@ impl Dispatch<'_> {
         let sources = self.ctx.sources.borrow();
         let result = result.map_err(|e| ScriptError::from_eval(&e, &script.file, &sources));
         if let (Some(m), Some(elapsed)) = (crate::metrics::get(), elapsed) {
-            m.callback(name).record(elapsed.as_secs_f64());
+            m.callback(name).observe(elapsed);
             match result.as_ref().map_err(|e| e.kind()) {
                 Ok(_) => {}
                 Err(ErrorKind::Script) => m.callback_errors.increment(1),
