@@ -167,7 +167,7 @@ impl Cluster {
 }
 
 /// Joins the cluster at `url` as `node`, on `runtime`: returns at once (Redis may be down; the
-/// link keeps trying). Fails only on a URL that is not Redis's.
+/// link keeps trying). Fails only on a URL it cannot use.
 pub fn start(
     url: &str,
     node: &str,
@@ -175,7 +175,7 @@ pub fn start(
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<Arc<Cluster>> {
     let client = redis::Client::open(url)
-        .with_context(|| format!("--cluster {}: not a Redis URL", shown(url)))?;
+        .with_context(|| format!("--cluster {}: cannot use this Redis URL", shown(url)))?;
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let cluster = Arc::new(Cluster {
         node: Arc::from(node),

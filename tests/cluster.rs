@@ -287,7 +287,7 @@ fn a_bad_cluster_url_is_refused_at_start() {
     ]);
     assert!(!status.success());
     assert!(
-        stderr.contains("--cluster http://nope: not a Redis URL"),
+        stderr.contains("--cluster http://nope: cannot use this Redis URL"),
         "{stderr}"
     );
 }
