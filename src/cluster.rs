@@ -14,7 +14,7 @@
 //!   with its own connections, logs the outage once, and reconnects with backoff, subscribing
 //!   again. A publish made while Redis is unreachable reaches this node's subscribers only.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const EXPIRY: Duration = Duration::from_secs(3);
 /// Without any message (our own heartbeats come back) for this long, the connection is dead.
 const SILENCE: Duration = Duration::from_secs(5);
-/// Publishes waiting to be sent to Redis; more are dropped (counted, logged).
+/// Publishes waiting to be sent to Redis, in number and in bytes; more are dropped (counted,
+/// logged).
 const OUTBOX: usize = 65_536;
+const OUTBOX_BYTES: usize = 64 << 20;
 const PRESENCE: &str = "wshost:presence";
 const TOPIC_PREFIX: &str = "wshost:t:";
 
@@ -80,6 +82,8 @@ pub struct Cluster {
     /// The URL as shown in logs (without a password).
     shown: String,
     outbox: mpsc::Sender<(Arc<str>, Payload)>,
+    /// Bytes of the publishes in `outbox`.
+    outbox_bytes: AtomicUsize,
     connected: AtomicBool,
     /// Raised by [`Topics`] when a local count changes.
     changes: Notify,
@@ -127,11 +131,15 @@ impl Cluster {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self
-            .outbox
-            .try_send((Arc::from(topic), payload.clone()))
-            .is_err()
+        let len = payload.len();
+        let room = self.outbox_bytes.fetch_add(len, Ordering::Relaxed) < OUTBOX_BYTES;
+        if !room
+            || self
+                .outbox
+                .try_send((Arc::from(topic), payload.clone()))
+                .is_err()
         {
+            self.outbox_bytes.fetch_sub(len, Ordering::Relaxed);
             let before = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if before.is_power_of_two() {
                 tracing::warn!(
@@ -181,6 +189,7 @@ pub fn start(
         node: Arc::from(node),
         shown: shown(url),
         outbox,
+        outbox_bytes: AtomicUsize::new(0),
         connected: AtomicBool::new(false),
         changes: Notify::new(),
         remote: Mutex::default(),
@@ -284,7 +293,10 @@ async fn serve(
         subscribed.insert(topic);
     }
     // What was published while Redis was unreachable stays on this node.
-    while outbox.try_recv().is_ok() {
+    while let Ok((_, payload)) = outbox.try_recv() {
+        cluster
+            .outbox_bytes
+            .fetch_sub(payload.len(), Ordering::Relaxed);
         cluster.stats.dropped.fetch_add(1, Ordering::Relaxed);
     }
     cluster.connected.store(true, Ordering::Relaxed);
@@ -340,9 +352,12 @@ async fn serve(
                     anyhow::bail!("the host stopped");
                 }
                 let mut pipe = redis::pipe();
+                let mut bytes = 0;
                 for (topic, payload) in batch.drain(..) {
+                    bytes += payload.len();
                     pipe.publish(topic_channel(&topic), encode(&cluster.node, &payload)).ignore();
                 }
+                cluster.outbox_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 pipe.query_async::<()>(&mut conn).await?;
                 cluster.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
