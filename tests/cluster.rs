@@ -239,6 +239,36 @@ async fn the_chat_spans_two_nodes() {
     assert_eq!(recv_text(&mut a).await, "and back");
 }
 
+/// A node that dies without a word (SIGKILL) is forgotten with its subscribers; the
+/// cluster is also joined through `WSHOST_CLUSTER`.
+#[tokio::test]
+async fn a_dead_nodes_subscribers_stop_counting() {
+    if !have_redis("a_dead_nodes_subscribers_stop_counting") {
+        return;
+    }
+    let redis = Redis::start(free_port()).unwrap();
+    let node_a = node(&redis.url());
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["run", &fixture("topics.rhai"), "--port", "0"])
+        .env("WSHOST_CLUSTER", redis.url());
+    let node_b = Host::start_command(cmd, TIMEOUT);
+    wait_log(&node_a, "joined through Redis");
+    wait_log(&node_b, "joined through Redis");
+    let mut a = connect(&node_a.url("/")).await;
+    let mut b = connect(&node_b.url("/")).await;
+    assert_eq!(ask(&mut a, "sub room").await, "sub room true");
+    assert_eq!(ask(&mut b, "sub room").await, "sub room true");
+    ask_until(&mut a, "count room", "count room 2").await;
+    drop(node_b); // SIGKILL: no goodbye, no last announcement
+    let killed = Instant::now();
+    ask_until(&mut a, "count room", "count room 1").await;
+    let forgotten = killed.elapsed();
+    assert!(
+        forgotten < Duration::from_secs(5),
+        "forgotten after {forgotten:?}"
+    );
+}
+
 /// `/metrics` counts topics, publishes and what crossed through Redis.
 #[tokio::test]
 async fn metrics_count_topics_and_the_cluster() {
