@@ -388,6 +388,9 @@ where
     let mut heard_at = Instant::now();
     let (ended, overflowed) = (done.cancelled(), overflow.cancelled());
     tokio::pin!(ended, overflowed);
+    // The messages written together; kept from one batch to the next (an allocation less
+    // per batch).
+    let mut batch: Vec<Payload> = Vec::new();
     let end = loop {
         // What is queued already is taken without waiting (nor registering to wait).
         // (Once ended, commands stay queued: `finish_sends` may still want them.)
@@ -411,10 +414,10 @@ where
         };
         // What to write now: a batch of messages (feeding what is queued, then flushing
         // once: pipelined sends share a syscall), or a ping; and a close to send after it.
-        let (batch, extra, then_close) = match cmd {
-            Some(Command::Flush) => (Vec::new(), None, None),
+        let (extra, then_close) = match cmd {
+            Some(Command::Flush) => (None, None),
             Some(Command::Send(payload)) => {
-                let mut batch = vec![payload];
+                batch.push(payload);
                 let mut then_close = None;
                 while batch.len() < 64 {
                     match commands.try_recv() {
@@ -426,7 +429,7 @@ where
                         Ok(Command::Ping | Command::Flush) | Err(_) => break,
                     }
                 }
-                (batch, None, then_close)
+                (None, then_close)
             }
             Some(Command::Ping) => {
                 if activity.take() {
@@ -437,9 +440,9 @@ where
                 {
                     break WriteEnd::Idle(idle);
                 }
-                (Vec::new(), Some(Message::Ping(Bytes::new())), None)
+                (Some(Message::Ping(Bytes::new())), None)
             }
-            Some(Command::Close { code, reason }) => (Vec::new(), None, Some((code, reason))),
+            Some(Command::Close { code, reason }) => (None, Some((code, reason))),
             None => break WriteEnd::ReaderDone,
         };
         {
@@ -448,7 +451,7 @@ where
                 biased;
                 r = async {
                     activity.writing.store(true, Ordering::Relaxed);
-                    let r = write_batch(&mut sink, batch, extra, handle).await;
+                    let r = write_batch(&mut sink, &mut batch, extra, handle).await;
                     activity.writing.store(false, Ordering::Relaxed);
                     r
                 } => r,
@@ -487,7 +490,7 @@ where
 /// Writes the messages (and `extra`), then flushes.
 async fn write_batch<S>(
     sink: &mut Sink<S>,
-    batch: Vec<Payload>,
+    batch: &mut Vec<Payload>,
     extra: Option<Message>,
     handle: &ConnectionHandle,
 ) -> Result<(), WsError>
@@ -496,7 +499,7 @@ where
 {
     // Counted once per batch: under load a batch is many messages.
     let (mut count, mut bytes) = (0, 0);
-    for p in batch {
+    for p in batch.drain(..) {
         let len = p.len();
         if let Err(e) = sink.feed(to_message(p)).await {
             count_sent(count, bytes);
