@@ -56,7 +56,7 @@ fn the_runner_reports_each_outcome_with_locations() {
         "tests/fixtures/runner/fail.rhai::test_wrong_sum",
         "tests/fixtures/runner/timeout.rhai::test_forever",
         "tests/fixtures/runner/timeout.rhai::test_wait_gives_up",
-        "tests/fixtures/runner/error.rhai::test_undefined_variable",
+        "tests/fixtures/runner/error.rhai::test_undefined_function",
         "tests/fixtures/runner/broken.rhai",
     ] {
         assert!(line(failed).contains(" ... FAILED ("), "{}", line(failed));
@@ -70,7 +70,7 @@ fn the_runner_reports_each_outcome_with_locations() {
         "     right: 4",
         "    tests/fixtures/runner/timeout.rhai:4:9: the test timed out after 1s",
         "    tests/fixtures/runner/timeout.rhai:9:5: wait_until: the condition was still false after 200 ms",
-        "    tests/fixtures/runner/error.rhai:4:11: Variable not found: no_such_thing",
+        "    tests/fixtures/runner/error.rhai:4:11: Function not found: no_such_thing ()",
         "    tests/fixtures/runner/broken.rhai:3:9: syntax error:",
         "       4 |     assert_eq(sum, 4, \"one plus two\");",
     ] {

@@ -137,6 +137,7 @@ impl ClassStore {
     ) -> Result<AST, ScriptError> {
         let ast = compile_file(engine, path, sources)?;
         let file = display_name(path);
+        log_callback_warnings(&ast, &file, false, sources);
         self.track(path, &file);
         self.dirs.insert(file.clone(), parent_dir(path));
         self.add(file, None, ast.clone());
@@ -160,6 +161,7 @@ impl ClassStore {
         let path = class_path(dir, name)?;
         let ast = compile_file(engine, &path, sources)?;
         let file = display_name(&path);
+        log_callback_warnings(&ast, &file, true, sources);
         self.track(&path, &file);
         self.dirs.insert(file.clone(), parent_dir(&path));
         self.classes.insert(name.to_string(), file.clone());
@@ -225,6 +227,7 @@ impl ClassStore {
         ast.set_source(file.as_str());
         let compiled = &self.files[&file];
         let class = compiled.class.clone();
+        log_callback_warnings(&ast, &file, class.is_some(), sources);
         let old_params = param_counts(&compiled.ast);
         let new_params = param_counts(&ast);
         let mut removed: Vec<String> = old_params
@@ -276,6 +279,13 @@ impl ClassStore {
     }
 }
 
+/// Logs the `on…` names of a freshly compiled file that wshost will never call (lint.rs).
+fn log_callback_warnings(ast: &AST, file: &str, class_file: bool, sources: &Sources) {
+    for w in super::lint::callback_warnings(ast, file, class_file, sources) {
+        tracing::warn!(location = %w.location(), "{w}{}", w.snippet());
+    }
+}
+
 /// The folder of a script file ("." for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -318,7 +328,7 @@ fn compile_text(
     text: String,
     sources: &mut Sources,
 ) -> Result<AST, ScriptError> {
-    let result = engine.compile(&text);
+    let result = super::lint::compile(engine, &text);
     sources.insert(name, text);
     result.map_err(|e| ScriptError::from_parse(&e, name, sources))
 }

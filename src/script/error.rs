@@ -93,13 +93,11 @@ impl ScriptError {
 
     /// A syntax error in `file`.
     pub fn from_parse(err: &ParseError, file: &str, sources: &Sources) -> Self {
-        Self::at(
-            file.to_string(),
-            err.position(),
-            format!("syntax error: {}", err.err_type()),
-            sources,
-            false,
-        )
+        let message = match err.err_type() {
+            rhai::ParseErrorType::VariableUndefined(name) => super::lint::unknown_variable(name),
+            other => format!("syntax error: {other}"),
+        };
+        Self::at(file.to_string(), err.position(), message, sources, false)
     }
 
     /// An error that is not at a script position (a missing file, a bad class name).

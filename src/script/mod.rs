@@ -13,6 +13,7 @@ mod convert;
 mod dispatch;
 mod engine;
 mod error;
+mod lint;
 mod memory;
 mod reload;
 mod server;
