@@ -117,3 +117,23 @@ fn a_missing_test_path_is_a_usage_error() {
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("tests/no-such-folder"), "{stderr}");
 }
+
+/// Scenario files whose classes sit beside them (a folder run would take the class files for
+/// tests too): each file is run alone.
+fn run_scenario(file: &str, tests: usize) {
+    let (status, stdout, stderr) = run_cli(&["test", file]);
+    println!("{stdout}");
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let expected = format!("{tests} passed, 0 failed");
+    assert_eq!(stdout.lines().last(), Some(expected.as_str()), "{stdout}");
+}
+
+#[test]
+fn objects_are_one_object_whatever_holds_them() {
+    run_scenario("tests/fixtures/objects/references.rhai", 3);
+}
+
+#[test]
+fn a_closure_made_in_a_method_or_callback_sees_this() {
+    run_scenario("tests/fixtures/objects/this_in_closures.rhai", 2);
+}

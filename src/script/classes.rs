@@ -20,6 +20,7 @@ use crate::watch::Watcher;
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, NativeCallContext, Scope};
 
+use super::objects::share_fields;
 use super::state::Ctx;
 
 use super::error::{ScriptError, Sources, display_name};
@@ -393,9 +394,20 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             && class.params(name) == Some(rest.len())
         {
             let rest: Vec<Dynamic> = rest.iter().map(|a| (**a).clone()).collect();
+            share_fields(this);
+            let current = this.clone();
             let options = CallFnOptions::new().eval_ast(false).bind_this_ptr(this);
-            return engine
-                .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &class.ast, name, rest)
+            return c
+                .this
+                .with(&current, || {
+                    engine.call_fn_with_options::<Dynamic>(
+                        options,
+                        &mut Scope::new(),
+                        &class.ast,
+                        name,
+                        rest,
+                    )
+                })
                 .map(Some);
         }
         let entry = c.classes.borrow().file_or_entry(None);
@@ -444,10 +456,11 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             std::any::TypeId::of::<Dynamic>(),
             count,
         ));
-        engine.register_raw_fn("new", types, |ncc, args| {
+        let c = ctx.clone();
+        engine.register_raw_fn("new", types, move |ncc, args| {
             let class = args[0].clone().cast::<ClassRef>();
             let rest = args[1..].iter_mut().map(|a| std::mem::take(*a)).collect();
-            instantiate(&ncc, &class, rest)
+            instantiate(&ncc, &c, &class, rest)
         });
     }
 }
@@ -460,7 +473,12 @@ fn ref_name(c: &ClassRef) -> String {
 const MAX_CONSTRUCTOR_ARGS: usize = 16;
 
 /// A new instance of a class: an object map naming its class, built by `constructor`.
-fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
+fn instantiate(
+    ncc: &NativeCallContext,
+    ctx: &Ctx,
+    c: &ClassRef,
+    mut args: Vec<Dynamic>,
+) -> Res<Dynamic> {
     let class = &c.class;
     let name = ref_name(c);
     let mut map = Map::new();
@@ -475,16 +493,21 @@ fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) ->
             .into());
         }
         args.resize(n, Dynamic::UNIT);
+        let current = this.clone();
         let options = CallFnOptions::new()
             .eval_ast(false)
             .bind_this_ptr(&mut this);
-        let _ = ncc.engine().call_fn_with_options::<Dynamic>(
-            options,
-            &mut Scope::new(),
-            &class.ast,
-            "constructor",
-            args,
-        )?;
+        let _ = ctx.this.with(&current, || {
+            ncc.engine().call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &class.ast,
+                "constructor",
+                args,
+            )
+        })?;
     }
+    // Copies of the instance (`let`, arguments, properties of other objects) share its fields.
+    share_fields(&mut this);
     Ok(this)
 }

@@ -15,6 +15,7 @@ mod engine;
 mod error;
 mod lint;
 mod memory;
+mod objects;
 mod reload;
 mod server;
 mod state;

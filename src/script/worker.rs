@@ -134,8 +134,10 @@ impl Worker {
             deadline: deadline.clone(),
             shutting_down: std::cell::Cell::new(false),
             memory: MemoryWatch::default(),
+            this: Default::default(),
         });
         api::register(&mut engine, &ctx, &options.args);
+        super::objects::register(&mut engine);
         if let Some(extend) = &options.extend_engine {
             extend(&mut engine);
         }
