@@ -197,6 +197,12 @@ impl ClassStore {
         }
     }
 
+    /// The file's own compiled code (without other files' closures), by canonical path.
+    pub fn own_ast(&self, path: &Path) -> Option<AST> {
+        let file = self.paths.get(path)?;
+        self.files.get(file).map(|c| c.ast.clone())
+    }
+
     /// Compiles a changed file again. On an error the old code stays, its source text too.
     pub fn reload(
         &mut self,

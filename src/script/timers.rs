@@ -40,6 +40,11 @@ impl Timers {
         id
     }
 
+    /// Every pending timer's callback, to give it new code (reload.rs).
+    pub fn callbacks_mut(&mut self) -> impl Iterator<Item = &mut FnPtr> {
+        self.queue.values_mut().map(|t| &mut t.callback)
+    }
+
     pub fn insert(&mut self, id: i64, at: Instant, timer: Timer) {
         self.queue.insert((at, id), timer);
         self.due.insert(id, at);
