@@ -231,6 +231,21 @@ mod tests {
     }
 
     #[test]
+    fn a_global_the_engine_has_is_known_and_a_typo_of_it_is_not() {
+        let mut engine = super::super::engine::new_engine(&Default::default(), &Default::default());
+        let mut globals = rhai::Module::new();
+        globals.set_var("NODE_ID", 7_i64);
+        engine.register_global_module(globals.into());
+        let ok = "fn f() { NODE_ID + 1 } let g = || WORKER_ID + NODE_ID; print(cs)";
+        assert!(compile(&engine, ok).is_ok());
+        let typo = compile(&engine, "fn f() { NODE_IDX }").unwrap_err();
+        assert!(
+            matches!(typo.err_type(), ParseErrorType::VariableUndefined(n) if n == "NODE_IDX"),
+            "{typo}"
+        );
+    }
+
+    #[test]
     fn a_name_is_found_as_a_whole_word() {
         assert_eq!(
             find_name("fn onOpenX()\nfn onOpen()", "onOpen"),
