@@ -23,6 +23,13 @@ pub fn estimate(value: &Dynamic) -> usize {
     size(value, 0, &mut FxHashSet::default())
 }
 
+/// What `values` hold together: a shared value that several hold (an object whose copies are
+/// in many handlers) counts once.
+fn estimate_together<'a>(values: impl Iterator<Item = &'a Dynamic>) -> usize {
+    let mut seen = FxHashSet::default();
+    values.map(|v| size(v, 0, &mut seen)).sum()
+}
+
 fn size(value: &Dynamic, depth: usize, seen: &mut FxHashSet<usize>) -> usize {
     const SLOT: usize = 16;
     if depth > 32 {
@@ -140,7 +147,8 @@ impl Dispatch<'_> {
                 .iter()
                 .map(|(id, c)| (super::memory::estimate(&c.handler), Holder::Conn(*id)));
             let all: Vec<(usize, Holder)> = servers.chain(conns).collect();
-            let total: usize = all.iter().map(|(n, _)| n).sum();
+            let handlers = reg.servers.values().map(|s| &s.handler);
+            let total = estimate_together(handlers.chain(reg.conns.values().map(|c| &c.handler)));
             (total, all.into_iter().max_by_key(|(n, _)| *n))
         };
         tracing::debug!("script state: about {} KiB", total >> 10);
