@@ -277,3 +277,13 @@ fn a_misspelt_callback_name_is_a_warning_naming_the_closest_callback() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_object_used_again_inside_a_method_called_through_it_says_what_to_do() {
+    let (status, _, stderr) = run_cli(&["run", &fixture("objects/data_race.rhai")]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("take the object in a variable first (`let x = a.items.x; x.method()`)"),
+        "{stderr}"
+    );
+}

@@ -130,7 +130,7 @@ fn run_scenario(file: &str, tests: usize) {
 
 #[test]
 fn objects_are_one_object_whatever_holds_them() {
-    run_scenario("tests/fixtures/objects/references.rhai", 3);
+    run_scenario("tests/fixtures/objects/references.rhai", 4);
 }
 
 #[test]

@@ -536,6 +536,9 @@ impl Dispatch<'_> {
             }
             Some(_) => None,
         };
+        if named.is_none() && fn_ptr.is_none() {
+            return None;
+        }
         // What closures made now see as `this` (objects.rs).
         self.ctx.this.push(handler.clone());
         let result = match (named, &fn_ptr) {
