@@ -296,7 +296,7 @@ impl Dispatch<'_> {
             Ok(data) => {
                 let mut event = event_map("message");
                 event.insert("data".into(), data);
-                super::objects::in_message(|| self.call_conn(conn, "onMessage", event));
+                self.call_conn(conn, "onMessage", event);
             }
             Err(bad) => {
                 let message = format!("invalid JSON: {}", bad.error);

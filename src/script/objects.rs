@@ -9,20 +9,43 @@
 //! It must not touch maps that are plain data (an event, a message): only maps that look like
 //! objects, those with a function property or a class.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use rhai::{Dynamic, Engine, Map};
 
 use super::classes::CLASS_KEY;
 
 /// After a callback of `handler` (a shared value, as handlers are): the fields it added are
-/// shared too. Only read when there are none (every message).
+/// shared too.
+///
+/// On every message, so the map's tag (Rhai's free per-value number) keeps its field count
+/// as of the last look: a callback that added no field costs a count, not a walk. (A callback
+/// that removed one field and added another is caught at the next change of the count.)
 pub fn share_new_fields(handler: &Dynamic) {
-    let pending = handler
-        .read_lock::<Map>()
-        .is_some_and(|map| needs_sharing(&map));
-    if pending {
-        share_fields(&mut handler.clone());
+    let Some(inner) = handler.read_lock::<Dynamic>() else {
+        return;
+    };
+    let Ok(len) = inner
+        .as_map_ref()
+        .map(|m| i32::try_from(m.len()).unwrap_or(i32::MAX))
+    else {
+        return;
+    };
+    if inner.tag() == len {
+        return;
+    }
+    drop(inner);
+    let mut handler = handler.clone();
+    share_fields(&mut handler);
+    if let Some(mut inner) = handler.write_lock::<Dynamic>() {
+        inner.set_tag(len);
+    }
+}
+
+/// The handler's map was replaced (reload.rs): its fields are to be looked at again.
+pub fn forget_fields_seen(handler: &Dynamic) {
+    if let Some(mut inner) = handler.clone().write_lock::<Dynamic>() {
+        inner.set_tag(-1);
     }
 }
 
@@ -62,34 +85,19 @@ fn needs_sharing(map: &Map) -> bool {
     object && pending
 }
 
-thread_local! {
-    /// An `onMessage` runs now (see [`register`]).
-    static IN_MESSAGE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f`, an `onMessage` callback.
-pub fn in_message<T>(f: impl FnOnce() -> T) -> T {
-    let outer = IN_MESSAGE.replace(true);
-    let out = f();
-    IN_MESSAGE.set(outer);
-    out
-}
-
 /// Reading a variable that holds an object shares its fields first, so that where it goes
 /// next (`WebSocketServer.new(h)`, `let alias = h`, `this.rooms[n] = room`) is the same
 /// object as the variable.
 ///
-/// Not inside `onMessage`: there it would cost about 170 instructions per variable read
-/// (callgrind, echo script: +340 per message, 3% of the script side), for objects made and
-/// kept in a local variable of that one callback. Instances, handlers and copies of them
-/// (`let me = this`, `let room = this.rooms[n]`) share their fields already. Having the hook
-/// at all costs about 95 instructions per variable read (Rhai builds a context for it).
+/// Only on the engine that runs top-level code (the entry script's top level and tests,
+/// worker.rs), where handlers are made and kept in variables. Rhai calls this hook on every
+/// variable read, at about 95 instructions each even when it does nothing (callgrind), which
+/// callbacks do without: instances, handlers and copies of them (`let me = this`, `let room =
+/// this.rooms[n]`) share their fields anyway.
 pub fn register(engine: &mut Engine) {
     #[allow(deprecated)] // "volatile", not deprecated: the documented hook for this
     engine.on_var(|name, _index, mut ctx| {
-        if !IN_MESSAGE.get()
-            && let Some(value) = ctx.scope_mut().get_mut(name)
-        {
+        if let Some(value) = ctx.scope_mut().get_mut(name) {
             share_fields(value);
         }
         Ok(None)

@@ -187,7 +187,10 @@ impl Dispatch<'_> {
                 }
             }
             self.ctx.deadline.start(&self.ctx.budget);
-            let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+            // Top-level code runs on the top-level engine (objects.rs), as at start.
+            let top = self.ctx.top_level_engine.borrow().clone();
+            let engine = top.as_deref().unwrap_or(self.engine);
+            let result = engine.run_ast_with_scope(&mut Scope::new(), ast);
             self.ctx.deadline.clear();
             result
         });
@@ -266,6 +269,7 @@ fn keep_state(old: &Dynamic, new: &Dynamic) {
     if let Some(mut target) = shared.write_lock::<Map>() {
         *target = merged;
     }
+    super::objects::forget_fields_seen(old);
 }
 
 /// For each edited closure of `old` (by its generated name): its new version in `new`, or None

@@ -130,6 +130,8 @@ pub struct Ctx {
     pub memory: MemoryWatch,
     /// The object whose method or callback runs now (what closures made there see as `this`).
     pub this: ThisStack,
+    /// The engine that runs top-level code (worker.rs), for the top level's re-run on reload.
+    pub top_level_engine: RefCell<Option<Rc<rhai::Engine>>>,
 }
 
 impl Ctx {
