@@ -11,11 +11,20 @@ fn check_accepts_the_example_scripts() {
         "scripts/chat.rhai",
         "scripts/echo.rhai",
         "scripts/uppercase.rhai",
+        "scripts/rooms.rhai",
     ]);
     assert!(status.success(), "{stderr}");
+    // No typo, no misspelt callback in them.
+    assert!(!stderr.contains("warning"), "{stderr}");
     // The classes chat.rhai names are checked too.
     assert!(stdout.contains("scripts/ChatServer.rhai"), "{stdout}");
     assert!(stdout.contains("scripts/ChatConnection.rhai"), "{stdout}");
+    for class in ["Lobby", "Room", "Member"] {
+        assert!(
+            stdout.contains(&format!("ok    scripts/{class}.rhai")),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]
