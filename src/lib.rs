@@ -63,7 +63,8 @@
 //! });
 //! ```
 //!
-//! Each worker is one thread with its own engine, and a callback runs to its end before the
+//! Each worker is one thread with its own engines (two: one runs the top-level code and tests,
+//! one the callbacks; your function is given each), and a callback runs to its end before the
 //! next one starts: a registered function that blocks holds up that worker's connections.
 //!
 //! ## Limits

@@ -11,11 +11,20 @@ fn check_accepts_the_example_scripts() {
         "scripts/chat.rhai",
         "scripts/echo.rhai",
         "scripts/uppercase.rhai",
+        "scripts/rooms.rhai",
     ]);
     assert!(status.success(), "{stderr}");
+    // No typo, no misspelt callback in them.
+    assert!(!stderr.contains("warning"), "{stderr}");
     // The classes chat.rhai names are checked too.
     assert!(stdout.contains("scripts/ChatServer.rhai"), "{stdout}");
     assert!(stdout.contains("scripts/ChatConnection.rhai"), "{stdout}");
+    for class in ["Lobby", "Room", "Member"] {
+        assert!(
+            stdout.contains(&format!("ok    scripts/{class}.rhai")),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]
@@ -179,10 +188,13 @@ fn a_script_error_names_its_position_once() {
     let (status, _, stderr) = run_cli(&["run", "tests/fixtures/undefined_variable.rhai"]);
     assert_eq!(status.code(), Some(1));
     let first = stderr.lines().next().unwrap_or_default();
-    assert_eq!(
-        first, "error: tests/fixtures/undefined_variable.rhai:3:11: Variable not found: no_such",
+    assert!(
+        first.starts_with(
+            "error: tests/fixtures/undefined_variable.rhai:3:11: Variable not found: no_such ("
+        ),
         "{stderr}"
     );
+    assert_eq!(stderr.matches(":3:11").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -206,4 +218,81 @@ fn a_server_that_cannot_listen_gets_on_error_then_on_terminate() {
     let (status, stdout, stderr) = run_cli(&["run", "tests/fixtures/listen_fails.rhai"]);
     assert!(status.success(), "{stderr}");
     assert_eq!(stdout.trim(), "onError 30\nonTerminate", "{stderr}");
+}
+
+#[test]
+fn check_reports_an_unknown_variable_in_a_closure_or_a_function_where_it_is_written() {
+    for (file, at, name) in [
+        ("closure.rhai", "closure.rhai:4:40:", "evnt"),
+        ("function.rhai", "function.rhai:6:13:", "greting"),
+    ] {
+        let path = fixture(&format!("typos/{file}"));
+        let (status, _, stderr) = run_cli(&["check", &path]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: tests/fixtures/typos/"),
+            "{stderr}"
+        );
+        assert!(
+            first.contains(&format!("{at} Variable not found: {name}")),
+            "{stderr}"
+        );
+        // And `run` refuses it at load, before anything listens.
+        let (status, stdout, stderr) = run_cli(&["run", &path]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(at), "{stderr}");
+        assert!(!stderr.contains("listening"), "{stderr}");
+        assert!(!stdout.contains("hi"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_misspelt_callback_name_is_a_warning_naming_the_closest_callback() {
+    let path = fixture("typos/misspelt.rhai");
+    let (status, stdout, stderr) = run_cli(&["check", &path]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("tests/fixtures/typos/Typo.rhai"),
+        "{stdout}"
+    );
+    for expected in [
+        "warning: tests/fixtures/typos/misspelt.rhai:5:35: onMesage is not a callback, so wshost never calls it: did you mean onMessage?",
+        "warning: tests/fixtures/typos/Typo.rhai:6:4: onTerminat is not a callback, so wshost never calls it: did you mean onTerminate?",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+    // Real callbacks and other methods are not warned about.
+    assert_eq!(stderr.matches("warning:").count(), 2, "{stderr}");
+
+    // `run` says the same in its log, and runs the script.
+    let (status, stdout, stderr) = run_cli(&["run", &path]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    let warned = |what: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(what))
+    };
+    assert!(
+        warned("misspelt.rhai:5:35: onMesage is not a callback"),
+        "{stderr}"
+    );
+    assert!(
+        warned("Typo.rhai:6:4: onTerminat is not a callback"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_object_used_again_inside_a_method_called_through_it_says_what_to_do() {
+    let (status, _, stderr) = run_cli(&["run", &fixture("objects/data_race.rhai")]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("take the object in a variable first (`let x = a.items.x; x.method()`)"),
+        "{stderr}"
+    );
 }

@@ -213,9 +213,14 @@ async fn an_entry_edit_reruns_the_top_level_and_adopts_running_servers() {
         .expect("said in the log");
     let refused = tokio_tungstenite::connect_async(host.url("/old")).await;
     assert!(refused.is_err());
-    // A connection whose handler is a closure keeps the code it was made with (and works);
-    // a new connection gets the new closure.
+    // The file's closures changed in number (`/old` is gone): a connection whose handler is a
+    // closure keeps the code it was made with (and works), and the log says which; a new
+    // connection gets the new closure.
     assert_eq!(ask(&mut closure, "c").await, "closure v1 c");
+    let kept = host
+        .wait_stderr("closures keep their old code", TIMEOUT)
+        .expect("named in the log");
+    assert!(kept.contains("onMessage of connection"), "{kept}");
     let mut closure2 = connect(&host.url("/closure")).await;
     assert_eq!(ask(&mut closure2, "c").await, "closure v2 c");
     // New connections on `/` work.
@@ -236,4 +241,31 @@ async fn no_watch_turns_reload_off() {
     save_by_rename(&counter, &v2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ask(&mut a, "x").await, "v1 2 x");
+}
+
+#[tokio::test]
+async fn an_edited_closure_handler_runs_the_new_code_on_open_connections() {
+    let (_keep, dir) = workspace();
+    let entry = dir.join("closures.rhai");
+    let v1 = "let greeting = \"hello\";\n\
+              WebSocketServer.new(#{\n\
+                  onConnection: |wss, event| #{\n\
+                      onMessage: |ws, event| ws.send(`v1 ${greeting} ${event.data}`),\n\
+                  },\n\
+              });\n";
+    std::fs::write(&entry, v1).unwrap();
+    let host = start(&dir, "closures.rhai");
+    let mut ws = connect(&host.url("/")).await;
+    assert_eq!(ask(&mut ws, "a").await, "v1 hello a");
+    // Same closures, same parameters and captured variables, new bodies: the open connection
+    // runs the new code, with what its closure captured.
+    save_by_rename(&entry, &v1.replace("`v1 ", "`v2 "));
+    assert_eq!(ask_until(&mut ws, "a", "v2").await, "v2 hello a");
+    host.wait_stderr("run the new code", TIMEOUT)
+        .expect("said in the log");
+    assert!(
+        !host.stderr().contains("Function not found"),
+        "{}",
+        host.stderr()
+    );
 }

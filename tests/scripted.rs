@@ -56,7 +56,7 @@ fn the_runner_reports_each_outcome_with_locations() {
         "tests/fixtures/runner/fail.rhai::test_wrong_sum",
         "tests/fixtures/runner/timeout.rhai::test_forever",
         "tests/fixtures/runner/timeout.rhai::test_wait_gives_up",
-        "tests/fixtures/runner/error.rhai::test_undefined_variable",
+        "tests/fixtures/runner/error.rhai::test_undefined_function",
         "tests/fixtures/runner/broken.rhai",
     ] {
         assert!(line(failed).contains(" ... FAILED ("), "{}", line(failed));
@@ -70,7 +70,7 @@ fn the_runner_reports_each_outcome_with_locations() {
         "     right: 4",
         "    tests/fixtures/runner/timeout.rhai:4:9: the test timed out after 1s",
         "    tests/fixtures/runner/timeout.rhai:9:5: wait_until: the condition was still false after 200 ms",
-        "    tests/fixtures/runner/error.rhai:4:11: Variable not found: no_such_thing",
+        "    tests/fixtures/runner/error.rhai:4:11: Function not found: no_such_thing ()",
         "    tests/fixtures/runner/broken.rhai:3:9: syntax error:",
         "       4 |     assert_eq(sum, 4, \"one plus two\");",
     ] {
@@ -116,4 +116,24 @@ fn a_missing_test_path_is_a_usage_error() {
     let (status, _, stderr) = run_cli(&["test", "tests/no-such-folder"]);
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("tests/no-such-folder"), "{stderr}");
+}
+
+/// Scenario files whose classes sit beside them (a folder run would take the class files for
+/// tests too): each file is run alone.
+fn run_scenario(file: &str, tests: usize) {
+    let (status, stdout, stderr) = run_cli(&["test", file]);
+    println!("{stdout}");
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let expected = format!("{tests} passed, 0 failed");
+    assert_eq!(stdout.lines().last(), Some(expected.as_str()), "{stdout}");
+}
+
+#[test]
+fn objects_are_one_object_whatever_holds_them() {
+    run_scenario("tests/fixtures/objects/references.rhai", 4);
+}
+
+#[test]
+fn a_closure_made_in_a_method_or_callback_sees_this() {
+    run_scenario("tests/fixtures/objects/this_in_closures.rhai", 2);
 }

@@ -301,7 +301,7 @@ async fn a_throwing_callback_is_logged_with_its_location_and_goes_to_on_error() 
 
     send_text(&mut ws, "undefined").await;
     let answer = recv_text(&mut ws).await;
-    assert!(answer.contains("no_such_variable"), "{answer}");
+    assert!(answer.contains("no_such_function"), "{answer}");
 
     // The connection and the server keep working.
     send_text(&mut ws, "count").await;

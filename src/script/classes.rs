@@ -20,6 +20,7 @@ use crate::watch::Watcher;
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, NativeCallContext, Scope};
 
+use super::objects::share_fields;
 use super::state::Ctx;
 
 use super::error::{ScriptError, Sources, display_name};
@@ -137,6 +138,7 @@ impl ClassStore {
     ) -> Result<AST, ScriptError> {
         let ast = compile_file(engine, path, sources)?;
         let file = display_name(path);
+        log_callback_warnings(&ast, &file, false, sources);
         self.track(path, &file);
         self.dirs.insert(file.clone(), parent_dir(path));
         self.add(file, None, ast.clone());
@@ -160,6 +162,7 @@ impl ClassStore {
         let path = class_path(dir, name)?;
         let ast = compile_file(engine, &path, sources)?;
         let file = display_name(&path);
+        log_callback_warnings(&ast, &file, true, sources);
         self.track(&path, &file);
         self.dirs.insert(file.clone(), parent_dir(&path));
         self.classes.insert(name.to_string(), file.clone());
@@ -194,6 +197,12 @@ impl ClassStore {
         }
     }
 
+    /// The file's own compiled code (without other files' closures), by canonical path.
+    pub fn own_ast(&self, path: &Path) -> Option<AST> {
+        let file = self.paths.get(path)?;
+        self.files.get(file).map(|c| c.ast.clone())
+    }
+
     /// Compiles a changed file again. On an error the old code stays, its source text too.
     pub fn reload(
         &mut self,
@@ -225,6 +234,7 @@ impl ClassStore {
         ast.set_source(file.as_str());
         let compiled = &self.files[&file];
         let class = compiled.class.clone();
+        log_callback_warnings(&ast, &file, class.is_some(), sources);
         let old_params = param_counts(&compiled.ast);
         let new_params = param_counts(&ast);
         let mut removed: Vec<String> = old_params
@@ -276,6 +286,13 @@ impl ClassStore {
     }
 }
 
+/// Logs the `on…` names of a freshly compiled file that wshost will never call (lint.rs).
+fn log_callback_warnings(ast: &AST, file: &str, class_file: bool, sources: &Sources) {
+    for w in super::lint::callback_warnings(ast, file, class_file, sources) {
+        tracing::warn!(location = %w.location(), "{w}{}", w.snippet());
+    }
+}
+
 /// The folder of a script file ("." for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
@@ -318,7 +335,7 @@ fn compile_text(
     text: String,
     sources: &mut Sources,
 ) -> Result<AST, ScriptError> {
-    let result = engine.compile(&text);
+    let result = super::lint::compile(engine, &text);
     sources.insert(name, text);
     result.map_err(|e| ScriptError::from_parse(&e, name, sources))
 }
@@ -383,9 +400,20 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             && class.params(name) == Some(rest.len())
         {
             let rest: Vec<Dynamic> = rest.iter().map(|a| (**a).clone()).collect();
+            share_fields(this);
+            let current = this.clone();
             let options = CallFnOptions::new().eval_ast(false).bind_this_ptr(this);
-            return engine
-                .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &class.ast, name, rest)
+            return c
+                .this
+                .with(&current, || {
+                    engine.call_fn_with_options::<Dynamic>(
+                        options,
+                        &mut Scope::new(),
+                        &class.ast,
+                        name,
+                        rest,
+                    )
+                })
                 .map(Some);
         }
         let entry = c.classes.borrow().file_or_entry(None);
@@ -434,10 +462,11 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             std::any::TypeId::of::<Dynamic>(),
             count,
         ));
-        engine.register_raw_fn("new", types, |ncc, args| {
+        let c = ctx.clone();
+        engine.register_raw_fn("new", types, move |ncc, args| {
             let class = args[0].clone().cast::<ClassRef>();
             let rest = args[1..].iter_mut().map(|a| std::mem::take(*a)).collect();
-            instantiate(&ncc, &class, rest)
+            instantiate(&ncc, &c, &class, rest)
         });
     }
 }
@@ -450,7 +479,12 @@ fn ref_name(c: &ClassRef) -> String {
 const MAX_CONSTRUCTOR_ARGS: usize = 16;
 
 /// A new instance of a class: an object map naming its class, built by `constructor`.
-fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) -> Res<Dynamic> {
+fn instantiate(
+    ncc: &NativeCallContext,
+    ctx: &Ctx,
+    c: &ClassRef,
+    mut args: Vec<Dynamic>,
+) -> Res<Dynamic> {
     let class = &c.class;
     let name = ref_name(c);
     let mut map = Map::new();
@@ -465,16 +499,21 @@ fn instantiate(ncc: &NativeCallContext, c: &ClassRef, mut args: Vec<Dynamic>) ->
             .into());
         }
         args.resize(n, Dynamic::UNIT);
+        let current = this.clone();
         let options = CallFnOptions::new()
             .eval_ast(false)
             .bind_this_ptr(&mut this);
-        let _ = ncc.engine().call_fn_with_options::<Dynamic>(
-            options,
-            &mut Scope::new(),
-            &class.ast,
-            "constructor",
-            args,
-        )?;
+        let _ = ctx.this.with(&current, || {
+            ncc.engine().call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &class.ast,
+                "constructor",
+                args,
+            )
+        })?;
     }
+    // Copies of the instance (`let`, arguments, properties of other objects) share its fields.
+    share_fields(&mut this);
     Ok(this)
 }

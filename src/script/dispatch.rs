@@ -16,6 +16,7 @@ use super::classes::class_name;
 use super::connection::conn_value;
 use super::convert::{DataType, payload_to_data};
 use super::error::ScriptError;
+use super::objects::share_new_fields;
 use super::server::ServerObj;
 use super::state::{ConnEntry, Ctx, Side};
 use crate::event::{ConnId, ConnectionHandle, ErrorKind, Event, Request, ServerId, Verdict};
@@ -537,6 +538,11 @@ impl Dispatch<'_> {
             }
             Some(_) => None,
         };
+        if named.is_none() && fn_ptr.is_none() {
+            return None;
+        }
+        // What closures made now see as `this` (objects.rs).
+        self.ctx.this.push(handler.clone());
         let result = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
                 args.resize(params, Dynamic::UNIT);
@@ -556,8 +562,11 @@ impl Dispatch<'_> {
                 self.ctx.deadline.start(&self.ctx.budget);
                 f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
             }
-            (None, None) => return None,
+            (None, None) => unreachable!("a callback is named or a function pointer"),
         };
+        self.ctx.this.pop();
+        // Fields the callback added are the object's too, whoever else holds it.
+        share_new_fields(handler);
         // Timed only when counted, from the clock read that set the deadline: one more read
         // per message is what timing costs.
         let elapsed = crate::metrics::get()

@@ -124,17 +124,9 @@ impl Deadline {
 /// An engine with wshost's syntax and limits, and no API registered yet.
 pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
     let mut engine = Engine::new();
-    // `new` is reserved in Rhai; 4D's `WebSocketServer.new(…)` needs it as a method name.
-    #[allow(deprecated)] // "volatile", not deprecated: the documented way to remap a token
-    engine.on_parse_token(|token, _pos, _state| match token {
-        Token::Reserved(s) if s.as_str() == "new" => Token::Identifier(s),
-        other => other,
-    });
+    set_syntax(&mut engine);
     engine.set_max_operations(budget.max_operations);
     engine.set_max_call_levels(budget.max_call_levels);
-    // Rhai's debug-build defaults (64/32) reject ordinary handler code; the parser recurses
-    // on the native stack, which the worker thread sizes for this.
-    engine.set_max_expr_depths(256, 128);
     let deadline = deadline.clone();
     let max_memory = budget.max_memory as i64;
     engine.on_progress(move |ops| {
@@ -150,13 +142,37 @@ pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
             None
         }
     });
-    // Sandbox: no `import` from disk, no `eval` of strings.
+    // Sandbox: no `import` from disk.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
-    engine.disable_symbol("eval");
     super::bounds::register(&mut engine, budget.max_memory);
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| {
         tracing::debug!("{}:{}: {s}", src.unwrap_or("script"), pos);
     });
     engine
+}
+
+/// An engine that only parses, as wshost's engines do, with unknown variables an error: for
+/// lint.rs. (Not the worker's own engine: strict mode there changes the code it makes.)
+pub fn strict_parser() -> Engine {
+    let mut engine = Engine::new_raw();
+    set_syntax(&mut engine);
+    engine.set_strict_variables(true);
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
+    engine
+}
+
+/// wshost's syntax: 4D's `new`, no `eval`, room for ordinary handler code.
+fn set_syntax(engine: &mut Engine) {
+    // `new` is reserved in Rhai; 4D's `WebSocketServer.new(…)` needs it as a method name.
+    #[allow(deprecated)] // "volatile", not deprecated: the documented way to remap a token
+    engine.on_parse_token(|token, _pos, _state| match token {
+        Token::Reserved(s) if s.as_str() == "new" => Token::Identifier(s),
+        other => other,
+    });
+    // Rhai's debug-build defaults (64/32) reject ordinary handler code; the parser recurses
+    // on the native stack, which the worker thread sizes for this.
+    engine.set_max_expr_depths(256, 128);
+    // Sandbox: no `eval` of strings.
+    engine.disable_symbol("eval");
 }

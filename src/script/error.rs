@@ -82,6 +82,12 @@ impl ScriptError {
             EvalAltResult::ErrorStackOverflow(..) => {
                 "stopped: too many nested calls (endless recursion?)".into()
             }
+            // Objects share their fields (objects.rs): `a.items.x.method()` holds `a.items`
+            // while the method runs, and the method reached it again.
+            EvalAltResult::ErrorDataRace(..) => "an object's field was used while a method \
+                called through it runs (`a.items.x.method()` holds `a.items` until it returns): \
+                take the object in a variable first (`let x = a.items.x; x.method()`)"
+                .into(),
             EvalAltResult::ErrorRuntime(v, _) => match v.clone().into_string() {
                 Ok(s) => s,
                 Err(t) => format!("thrown: {t}"),
@@ -93,13 +99,11 @@ impl ScriptError {
 
     /// A syntax error in `file`.
     pub fn from_parse(err: &ParseError, file: &str, sources: &Sources) -> Self {
-        Self::at(
-            file.to_string(),
-            err.position(),
-            format!("syntax error: {}", err.err_type()),
-            sources,
-            false,
-        )
+        let message = match err.err_type() {
+            rhai::ParseErrorType::VariableUndefined(name) => super::lint::unknown_variable(name),
+            other => format!("syntax error: {other}"),
+        };
+        Self::at(file.to_string(), err.position(), message, sources, false)
     }
 
     /// An error that is not at a script position (a missing file, a bad class name).

@@ -8,6 +8,7 @@
 //! let go: its connection is closed (1008) or its server stopped, which frees what it held.
 
 use rhai::{Array, Blob, Dynamic, FnPtr, Map};
+use rustc_hash::FxHashSet;
 use std::cell::Cell;
 use std::time::Instant;
 
@@ -15,16 +16,40 @@ use super::dispatch::{Dispatch, error_event};
 use crate::event::{ConnId, ErrorKind, ServerId};
 
 /// Bytes that `value` holds, estimated: strings, arrays, blobs and maps and what they hold,
-/// and the values a closure captured. Shared values are followed; depth is capped (a value
-/// shared into itself is counted a bounded number of times).
+/// and the values a closure captured. Shared values are followed once each: objects share
+/// their fields (objects.rs), and objects that hold each other (a room and its lobby) would
+/// otherwise be walked around the cycle; depth is capped too.
 pub fn estimate(value: &Dynamic) -> usize {
-    size(value, 0)
+    size(value, 0, &mut FxHashSet::default())
 }
 
-fn size(value: &Dynamic, depth: usize) -> usize {
+/// What `values` hold together: a shared value that several hold (an object whose copies are
+/// in many handlers) counts once.
+fn estimate_together<'a>(values: impl Iterator<Item = &'a Dynamic>) -> usize {
+    let mut seen = FxHashSet::default();
+    values.map(|v| size(v, 0, &mut seen)).sum()
+}
+
+fn size(value: &Dynamic, depth: usize, seen: &mut FxHashSet<usize>) -> usize {
     const SLOT: usize = 16;
     if depth > 32 {
         return 0;
+    }
+    if value.is_shared() {
+        // A shared value is one cell: its contents' address names it.
+        let at = value
+            .read_lock::<Map>()
+            .map(|m| &*m as *const Map as usize)
+            .or_else(|| {
+                value
+                    .read_lock::<Array>()
+                    .map(|a| &*a as *const Array as usize)
+            });
+        if let Some(at) = at
+            && !seen.insert(at)
+        {
+            return SLOT;
+        }
     }
     if let Ok(s) = value.as_immutable_string_ref() {
         return SLOT + s.len();
@@ -36,18 +61,21 @@ fn size(value: &Dynamic, depth: usize) -> usize {
         return SLOT
             + array
                 .iter()
-                .map(|v| SLOT + size(v, depth + 1))
+                .map(|v| SLOT + size(v, depth + 1, seen))
                 .sum::<usize>();
     }
     if let Some(map) = value.read_lock::<Map>() {
         return SLOT
             + map
                 .iter()
-                .map(|(k, v)| 2 * SLOT + k.len() + size(v, depth + 1))
+                .map(|(k, v)| 2 * SLOT + k.len() + size(v, depth + 1, seen))
                 .sum::<usize>();
     }
     if let Some(f) = value.read_lock::<FnPtr>() {
-        return SLOT + f.iter_curry().map(|v| size(v, depth + 1)).sum::<usize>();
+        return SLOT
+            + f.iter_curry()
+                .map(|v| size(v, depth + 1, seen))
+                .sum::<usize>();
     }
     SLOT
 }
@@ -119,7 +147,8 @@ impl Dispatch<'_> {
                 .iter()
                 .map(|(id, c)| (super::memory::estimate(&c.handler), Holder::Conn(*id)));
             let all: Vec<(usize, Holder)> = servers.chain(conns).collect();
-            let total: usize = all.iter().map(|(n, _)| n).sum();
+            let handlers = reg.servers.values().map(|s| &s.handler);
+            let total = estimate_together(handlers.chain(reg.conns.values().map(|c| &c.handler)));
             (total, all.into_iter().max_by_key(|(n, _)| *n))
         };
         tracing::debug!("script state: about {} KiB", total >> 10);
@@ -164,4 +193,28 @@ impl Dispatch<'_> {
 enum Holder {
     Server(ServerId),
     Conn(ConnId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_that_hold_each_other_are_measured_once() {
+        // room.lobby.rooms holds room: a cycle through shared cells.
+        let mut rooms = Dynamic::from_map(Map::new()).into_shared();
+        let mut lobby = Map::new();
+        lobby.insert("rooms".into(), rooms.clone());
+        let mut room = Map::new();
+        room.insert("lobby".into(), Dynamic::from_map(lobby));
+        let room = Dynamic::from_map(room);
+        for name in ["a", "b", "c"] {
+            rooms
+                .write_lock::<Map>()
+                .unwrap()
+                .insert(name.into(), room.clone());
+        }
+        let bytes = estimate(&room);
+        assert!(bytes < 10_000, "{bytes}");
+    }
 }

@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use rhai::{AST, Dynamic, FnPtr, Map, NativeCallContext, Scope};
+use std::collections::HashMap;
+
+use rhai::{AST, ASTNode, Dynamic, Expr, FnPtr, Map, NativeCallContext, Scope};
 
 use super::classes::{CLASS_KEY, Reloaded, class_name};
 use super::dispatch::{Dispatch, event_map};
@@ -19,6 +21,7 @@ impl Dispatch<'_> {
     /// Hot reload of one changed file (SPEC section 7; the rules are in the README).
     pub(super) fn reload(&self, path: &std::path::Path) {
         let started = Instant::now();
+        let previous = self.ctx.classes.borrow().own_ast(path);
         let result = self.ctx.classes.borrow_mut().reload(
             self.engine,
             path,
@@ -39,11 +42,13 @@ impl Dispatch<'_> {
                 tracing::warn!("{file} is empty: the old code keeps running until it has content")
             }
             Ok(Reloaded::Class { name, removed }) => {
+                self.renew_closures(&file, previous.as_ref(), path);
                 tracing::info!("reloaded {file} (class {name}) in {:.2} ms", ms());
                 self.report_removed(&file, &removed);
                 self.call_on_reload(&file);
             }
             Ok(Reloaded::Script) => {
+                self.renew_closures(&file, previous.as_ref(), path);
                 tracing::info!(
                     "reloaded {file} in {:.2} ms (its top level is not run again)",
                     ms()
@@ -52,6 +57,7 @@ impl Dispatch<'_> {
             }
             Ok(Reloaded::Entry(ast)) => {
                 self.rerun_top_level(&file, &ast);
+                self.renew_closures(&file, previous.as_ref(), path);
                 tracing::info!("reloaded {file} (top level run again) in {:.2} ms", ms());
                 self.call_on_reload(&file);
             }
@@ -60,6 +66,60 @@ impl Dispatch<'_> {
                 "{e} (reload failed: the old code keeps running){}",
                 e.snippet()
             ),
+        }
+    }
+
+    /// Gives the closures that live handlers and timers hold the new code of `file`: the
+    /// file's closures are matched in source order, old to new; a pair with the same
+    /// parameters and captured variables is the same closure edited. One that cannot be
+    /// matched keeps its old code (it never fails), and the log names who holds it.
+    fn renew_closures(&self, file: &str, previous: Option<&AST>, path: &std::path::Path) {
+        let (Some(old), Some(new)) = (previous, self.ctx.classes.borrow().own_ast(path)) else {
+            return;
+        };
+        let successors = closure_successors(old, &new);
+        let mut renewed = 0;
+        let mut kept: Vec<String> = Vec::new();
+        let mut renew =
+            |f: &mut FnPtr, holder: &dyn Fn() -> String| match successors.get(f.fn_name()) {
+                Some(Some(next)) => {
+                    let mut next = next.clone();
+                    next.set_curry(f.curry().to_vec());
+                    *f = next;
+                    renewed += 1;
+                }
+                Some(None) => kept.push(holder()),
+                None => {}
+            };
+        {
+            let mut reg = self.ctx.registry.borrow_mut();
+            let reg = &mut *reg;
+            for (id, s) in reg.servers.iter().filter(|(_, s)| !s.terminated) {
+                renew_handler(&s.handler, &mut |f, key| {
+                    renew(f, &|| format!("{key} of server {id}"))
+                });
+            }
+            for (id, c) in reg.conns.iter() {
+                renew_handler(&c.handler, &mut |f, key| {
+                    renew(f, &|| format!("{key} of connection {id}"))
+                });
+            }
+            for f in reg.timers.callbacks_mut() {
+                renew(f, &|| "a timer".to_string());
+            }
+        }
+        if renewed > 0 {
+            tracing::info!(
+                "reload: {renewed} closure(s) of {file} held by open connections, servers or timers run the new code"
+            );
+        }
+        if !kept.is_empty() {
+            tracing::warn!(
+                "reload: {file}: these closures keep their old code (edited too much to match the \
+                 new ones: their number, parameters or captured variables changed; new \
+                 connections get the new code): {}",
+                kept.join(", ")
+            );
         }
     }
 
@@ -127,7 +187,10 @@ impl Dispatch<'_> {
                 }
             }
             self.ctx.deadline.start(&self.ctx.budget);
-            let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+            // Top-level code runs on the top-level engine (objects.rs), as at start.
+            let top = self.ctx.top_level_engine.borrow().clone();
+            let engine = top.as_deref().unwrap_or(self.engine);
+            let result = engine.run_ast_with_scope(&mut Scope::new(), ast);
             self.ctx.deadline.clear();
             result
         });
@@ -205,5 +268,86 @@ fn keep_state(old: &Dynamic, new: &Dynamic) {
     let mut shared = old.clone();
     if let Some(mut target) = shared.write_lock::<Map>() {
         *target = merged;
+    }
+    super::objects::forget_fields_seen(old);
+}
+
+/// For each edited closure of `old` (by its generated name): its new version in `new`, or None
+/// if it has none. An unchanged closure keeps its name (a hash of its code) and is left out;
+/// the edited ones are paired in source order when both versions have as many, and a pair is
+/// the same closure edited when it has the same parameters, captured variables included
+/// (Rhai passes those first).
+fn closure_successors(old: &AST, new: &AST) -> HashMap<String, Option<FnPtr>> {
+    let (mut old_list, mut new_list) = (closures_in_order(old), closures_in_order(new));
+    let in_list = |list: &[FnPtr], f: &FnPtr| list.iter().any(|g| g.fn_name() == f.fn_name());
+    let unchanged: Vec<FnPtr> = old_list
+        .iter()
+        .filter(|f| in_list(&new_list, f))
+        .cloned()
+        .collect();
+    old_list.retain(|f| !in_list(&unchanged, f));
+    new_list.retain(|f| !in_list(&unchanged, f));
+    let params = |ast: &AST, name: &str| {
+        ast.iter_functions()
+            .find(|f| f.name == name)
+            .map(|f| f.params.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+    };
+    let same_count = old_list.len() == new_list.len();
+    let mut out = HashMap::new();
+    for (i, f) in old_list.iter().enumerate() {
+        let next = new_list
+            .get(i)
+            .filter(|n| same_count && params(old, f.fn_name()) == params(new, n.fn_name()));
+        out.insert(f.fn_name().to_string(), next.cloned());
+    }
+    out
+}
+
+/// The closures of a file, in source order.
+fn closures_in_order(ast: &AST) -> Vec<FnPtr> {
+    let mut found: Vec<((usize, usize), FnPtr)> = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let Some(ASTNode::Expr(Expr::DynamicConstant(value, pos))) = path.last() {
+            let at = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+            // A map of constants (closures included) the optimizer folded into one value:
+            // its closures in key order.
+            let folded: Vec<FnPtr> = match value.read_lock::<Map>() {
+                Some(map) => map
+                    .values()
+                    .filter_map(|v| v.read_lock::<FnPtr>().map(|f| f.clone()))
+                    .collect(),
+                None => value
+                    .read_lock::<FnPtr>()
+                    .map(|f| f.clone())
+                    .into_iter()
+                    .collect(),
+            };
+            for f in folded {
+                if f.is_anonymous() && !found.iter().any(|(_, g)| g.fn_name() == f.fn_name()) {
+                    found.push((at, f));
+                }
+            }
+        }
+        true
+    });
+    found.sort_by_key(|(at, _)| *at);
+    found.into_iter().map(|(_, f)| f).collect()
+}
+
+/// Calls `renew` on each closure property of a handler, with the property's name.
+fn renew_handler(handler: &Dynamic, renew: &mut dyn FnMut(&mut FnPtr, &str)) {
+    let mut handler = handler.clone();
+    if handler.is_locked() {
+        return;
+    }
+    let Some(mut map) = handler.write_lock::<Map>() else {
+        return;
+    };
+    for (key, value) in map.iter_mut() {
+        if let Some(mut f) = value.write_lock::<FnPtr>()
+            && f.is_anonymous()
+        {
+            renew(&mut f, key.as_str());
+        }
     }
 }

@@ -17,6 +17,7 @@ use super::convert::DataType;
 use super::engine::{Budget, Deadline};
 use super::error::Sources;
 use super::memory::MemoryWatch;
+use super::objects::ThisStack;
 use super::timers::Timers;
 use super::top_level::TopLevel;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
@@ -127,6 +128,10 @@ pub struct Ctx {
     pub shutting_down: Cell<bool>,
     /// When to measure what the scripts' objects hold.
     pub memory: MemoryWatch,
+    /// The object whose method or callback runs now (what closures made there see as `this`).
+    pub this: ThisStack,
+    /// The engine that runs top-level code (worker.rs), for the top level's re-run on reload.
+    pub top_level_engine: RefCell<Option<Rc<rhai::Engine>>>,
 }
 
 impl Ctx {

@@ -18,6 +18,8 @@ pub struct Timer {
     pub callback: FnPtr,
     pub every: Option<Duration>,
     pub home: Option<Rc<str>>,
+    /// `this` where `setTimeout` was called (objects.rs), for the callback.
+    pub this: Option<Dynamic>,
 }
 
 /// Pending timers, by due time (ties in creation order).
@@ -36,6 +38,11 @@ impl Timers {
         let id = self.next_id;
         self.insert(id, Instant::now() + after, timer);
         id
+    }
+
+    /// Every pending timer's callback, to give it new code (reload.rs).
+    pub fn callbacks_mut(&mut self) -> impl Iterator<Item = &mut FnPtr> {
+        self.queue.values_mut().map(|t| &mut t.callback)
     }
 
     pub fn insert(&mut self, id: i64, at: Instant, timer: Timer) {
@@ -112,6 +119,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
                     // An interval of 0 would spin: at least 1 ms between runs.
                     every: repeat.then(|| delay.max(Duration::from_millis(1))),
                     home: ncc.call_source().map(Rc::from),
+                    this: c.this.current(),
                 };
                 let id = c.registry.borrow_mut().timers.add(delay, timer);
                 // The loop may be waiting for a later timer (or for nothing).
@@ -145,7 +153,19 @@ impl Dispatch<'_> {
                 .file_or_entry(timer.home.as_deref());
             if let Some(script) = script {
                 self.ctx.deadline.start(&self.ctx.budget);
-                let result = timer.callback.call::<Dynamic>(self.engine, &script.ast, ());
+                // A closure made in a method or callback sees its object as `this`.
+                let result = match &timer.this {
+                    Some(this) => self.ctx.this.with(this, || {
+                        let mut this = this.clone();
+                        timer.callback.call_as_method::<Dynamic>(
+                            self.engine,
+                            &script.ast,
+                            &mut this,
+                            (),
+                        )
+                    }),
+                    None => timer.callback.call::<Dynamic>(self.engine, &script.ast, ()),
+                };
                 self.ctx.deadline.clear();
                 if let Err(e) = result {
                     let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());

@@ -92,7 +92,11 @@ pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<Worke
 }
 
 struct Worker {
+    /// Runs callbacks.
     engine: Rc<Engine>,
+    /// Runs top-level code: the entry script's top level and tests (objects.rs: reading a
+    /// variable there shares the object it holds; callbacks do without that hook's cost).
+    top: Rc<Engine>,
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
     test: Option<TestCase>,
@@ -109,7 +113,6 @@ impl Worker {
         let event_loop = crate::event_loop::EventLoop::new()?;
         let events = crate::event_loop::Events::new(event_loop.id(), own.clone());
         let deadline = Deadline::new(net.interrupt().clone());
-        let mut engine = new_engine(&options.budget, &deadline);
         let dir = match options.entry.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -134,15 +137,26 @@ impl Worker {
             deadline: deadline.clone(),
             shutting_down: std::cell::Cell::new(false),
             memory: MemoryWatch::default(),
+            this: Default::default(),
+            top_level_engine: Default::default(),
         });
-        api::register(&mut engine, &ctx, &options.args);
-        if let Some(extend) = &options.extend_engine {
-            extend(&mut engine);
-        }
-        if options.test.is_some() {
-            super::testing::register(&mut engine, &ctx);
-        }
-        let engine = Rc::new(engine);
+        let build = |top_level: bool| {
+            let mut engine = new_engine(&ctx.budget, &deadline);
+            api::register(&mut engine, &ctx, &options.args);
+            if top_level {
+                super::objects::register(&mut engine);
+            }
+            if let Some(extend) = &options.extend_engine {
+                extend(&mut engine);
+            }
+            if options.test.is_some() {
+                super::testing::register(&mut engine, &ctx);
+            }
+            Rc::new(engine)
+        };
+        let engine = build(false);
+        let top = build(true);
+        *ctx.top_level_engine.borrow_mut() = Some(top.clone());
         // The events of this worker's own sockets are dispatched where they arise.
         let (e, c) = (engine.clone(), ctx.clone());
         ctx.event_loop.install(Rc::new(move |event| {
@@ -154,6 +168,7 @@ impl Worker {
         }));
         Ok(Self {
             engine,
+            top,
             ctx,
             entry_path: options.entry,
             test: options.test,
@@ -169,13 +184,13 @@ impl Worker {
             Err(e) => return Exit::Test(Err(e)),
         };
         self.ctx.deadline.start_for(test.timeout);
-        let mut result = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
+        let mut result = self.top.run_ast_with_scope(&mut Scope::new(), &entry);
         if let (Ok(_), Some(function)) = (&result, &test.function) {
             let script = self.ctx.classes.borrow().file_or_entry(None);
             if let Some(script) = script {
                 let options = CallFnOptions::new().eval_ast(false);
                 result = self
-                    .engine
+                    .top
                     .call_fn_with_options::<Dynamic>(
                         options,
                         &mut Scope::new(),
@@ -211,7 +226,7 @@ impl Worker {
 
     fn compile_entry(&self) -> Result<AST, ScriptError> {
         self.ctx.classes.borrow_mut().load_entry(
-            &self.engine,
+            &self.top,
             &self.entry_path,
             &mut self.ctx.sources.borrow_mut(),
         )
@@ -228,6 +243,8 @@ impl Worker {
         let exit = self.run_to_end();
         // Drops the dispatch (it holds the engine and the context), then the loop's sockets.
         self.ctx.event_loop.uninstall();
+        // (The context holds the top-level engine, whose functions hold the context.)
+        self.ctx.top_level_engine.borrow_mut().take();
         exit
     }
 
@@ -242,7 +259,7 @@ impl Worker {
 
         let (top, failures) = self.ctx.top_level.first_run(|| {
             self.ctx.deadline.start(&self.ctx.budget);
-            let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
+            let top = self.top.run_ast_with_scope(&mut Scope::new(), &entry);
             self.ctx.deadline.clear();
             top
         });
