@@ -91,8 +91,9 @@ impl Default for HostConfig {
 
 impl HostConfig {
     /// Adds the program's own functions (or types) to the script API: `register` runs on the
-    /// engine of each script worker, on its thread, after wshost's own globals are
-    /// registered, so a name given here wins over a global of the same name.
+    /// engines of each script worker (two: one for callbacks, one for top-level code and
+    /// tests), on its thread, after wshost's own globals are registered, so a name given here
+    /// wins over a global of the same name.
     ///
     /// ```
     /// use std::collections::HashMap;

@@ -13,7 +13,14 @@ use super::error::{ScriptError, Sources};
 /// check` knows: a global added to the API is added here too. At run, a name the engine
 /// itself resolves (a global an embedder registers with `HostConfig::with_globals`) is
 /// accepted as well.
-pub const KNOWN_GLOBALS: &[&str] = &["WebSocketServer", "WebSocket", "cs", "ARGS", "WORKER_ID"];
+pub const KNOWN_GLOBALS: &[&str] = &[
+    "WebSocketServer",
+    "WebSocket",
+    "cs",
+    "ARGS",
+    "WORKER_ID",
+    "NODE_ID",
+];
 
 /// Every callback wshost calls on a handler (server, connection, client) or an instance.
 pub const CALLBACKS: &[&str] = &[
