@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::CancellationToken;
 
+use crate::cancel::Cancel;
 use crate::payload::Payload;
 
 /// Identifies a connection across the whole process.
@@ -93,7 +93,7 @@ struct Shared {
     commands: flume::Sender<Command>,
     status: AtomicU8,
     /// Cancelled when the outgoing queue overflowed: the socket task closes with 1008.
-    overflow: CancellationToken,
+    overflow: Cancel,
     /// Messages the socket task may still hand to the worker before it stops reading (an
     /// atomic count, not a semaphore: giving room back is on every message's path, and
     /// takes no lock here), and the socket task's wait for room.
@@ -130,7 +130,7 @@ impl ConnectionHandle {
             shared: Arc::new(Shared {
                 commands: tx,
                 status: AtomicU8::new(status as u8),
-                overflow: CancellationToken::new(),
+                overflow: Cancel::default(),
                 room: AtomicUsize::new(inflight.max(1)),
                 room_max: inflight.max(1),
                 room_freed: Notify::new(),
@@ -255,7 +255,7 @@ impl ConnectionHandle {
         true
     }
 
-    pub(crate) fn overflow(&self) -> &CancellationToken {
+    pub(crate) fn overflow(&self) -> &Cancel {
         &self.shared.overflow
     }
 

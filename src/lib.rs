@@ -89,6 +89,7 @@
 //! socket). The network never waits on a script.
 
 mod alloc;
+mod cancel;
 pub mod cli;
 mod cluster;
 mod connect;

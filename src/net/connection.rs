@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::cancel::Cancel;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,7 +17,6 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use super::NetConfig;
 use crate::event::{Command, ConnectionHandle, ErrorKind, Event};
@@ -101,7 +101,7 @@ pub(crate) async fn run<S>(
     let _keepalive = config
         .ping_interval
         .map(|every| super::keepalive::Keepalive::register(&handle, every));
-    let done = CancellationToken::new();
+    let done = Cancel::default();
     let activity = Activity::new();
     let reader = async {
         let end = read_loop(stream, &handle, &events, &done, &activity).await;
@@ -244,7 +244,7 @@ async fn read_loop<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
     handle: &ConnectionHandle,
     events: &Events,
-    done: &CancellationToken,
+    done: &Cancel,
     activity: &Activity,
 ) -> ReadEnd
 where
@@ -375,14 +375,14 @@ async fn write_loop<S>(
     mut sink: Sink<S>,
     commands: flume::Receiver<Command>,
     handle: &ConnectionHandle,
-    done: &CancellationToken,
+    done: &Cancel,
     activity: &Activity,
     config: &NetConfig,
 ) -> (WriteEnd, Sink<S>, flume::Receiver<Command>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let overflow = handle.overflow().clone();
+    let overflow = handle.overflow();
     // The loop's keepalive queues a ping every `ping_interval`: a live peer answers with a
     // pong; `idle_timeout` without anything from the peer means it is gone.
     let mut heard_at = Instant::now();
@@ -394,7 +394,8 @@ where
     let end = loop {
         // What is queued already is taken without waiting (nor registering to wait).
         // (Once ended, commands stay queued: `finish_sends` may still want them.)
-        let queued = if done.is_cancelled() || overflow.is_cancelled() {
+        let stopping = done.is_cancelled() || overflow.is_cancelled();
+        let queued = if stopping {
             None
         } else {
             match commands.try_recv() {
@@ -405,11 +406,13 @@ where
         };
         let cmd = match queued {
             Some(cmd) => cmd,
+            // A command first: woken by one, the writer does not poll the two tokens (each
+            // poll takes their lock); a stop is seen at the top of the next turn.
             None => tokio::select! {
                 biased;
+                cmd = commands.recv_async(), if !stopping => cmd.ok(),
                 _ = &mut ended => break WriteEnd::ReaderDone,
                 _ = &mut overflowed => break WriteEnd::Overflow,
-                cmd = commands.recv_async() => cmd.ok(),
             },
         };
         // What to write now: a batch of messages (feeding what is queued, then flushing
@@ -532,7 +535,7 @@ async fn close_and_wait<S>(
     sink: &mut Sink<S>,
     code: u16,
     reason: String,
-    done: &CancellationToken,
+    done: &Cancel,
     config: &NetConfig,
 ) -> WriteEnd
 where
