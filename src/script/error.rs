@@ -103,7 +103,11 @@ impl ScriptError {
             rhai::ParseErrorType::VariableUndefined(name) => super::lint::unknown_variable(name),
             other => format!("syntax error: {other}"),
         };
-        Self::at(file.to_string(), err.position(), message, sources, false)
+        let mut error = Self::at(file.to_string(), err.position(), message, sources, false);
+        if let Some(hint) = error.source_line.as_deref().and_then(habit_hint) {
+            error.message = format!("{} (hint: {hint})", error.message);
+        }
+        error
     }
 
     /// An error that is not at a script position (a missing file, a bad class name).
@@ -221,4 +225,18 @@ fn without_position(message: &str) -> &str {
                 .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
     if is_position { &message[..at] } else { message }
+}
+
+/// A hint for a habit from 4D or JavaScript seen on the line of a syntax error.
+fn habit_hint(line: &str) -> Option<&'static str> {
+    let words = || line.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+    if line.contains("4D.") {
+        Some("drop 4D's `4D.` prefix: `WebSocketServer.new(…)`, `WebSocket.new(…)`, `cs.Name`")
+    } else if words().any(|w| matches!(w, "null" | "Null" | "undefined")) {
+        Some("Rhai has no null: the empty value is `()` (`return ();`, `x == ()`)")
+    } else if line.contains(":=") {
+        Some("assign with `=` (4D's `:=`)")
+    } else {
+        None
+    }
 }
