@@ -5,6 +5,7 @@
 //! Scripts only ever hold ids and handles; every read goes to the worker's [`Ctx`], every
 //! write becomes a command to a socket task.
 
+use super::error::api_error;
 use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, Module};
@@ -42,11 +43,10 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
 /// Makes `handler` a shared object map, so `this.x = …` and `ws.handler.x = …` persist.
 pub fn share_handler(handler: Dynamic, what: &str) -> Res<Dynamic> {
     if handler.read_lock::<Map>().is_none() {
-        return Err(format!(
+        return Err(api_error(format!(
             "{what}: the handler must be an object (a map or a class instance), got {}",
-            handler.type_name()
-        )
-        .into());
+            super::convert::script_type_name(&handler)
+        )));
     }
     Ok(if handler.is_shared() {
         handler

@@ -10,6 +10,7 @@
 //!   they refuse more than that budget. (Rhai's own string-size limit would do it, but setting
 //!   any of its data limits makes it measure whole containers after every change.)
 
+use super::error::api_error;
 use rhai::{
     Array, Blob, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map, NativeCallContext,
 };
@@ -37,7 +38,9 @@ fn deeper_than(value: &Dynamic, depth: usize, max: usize) -> bool {
 }
 
 fn nesting_error(what: &str) -> Box<EvalAltResult> {
-    format!("{what}: arrays or maps nested deeper than {MAX_DEPTH} levels").into()
+    api_error(format!(
+        "{what}: arrays or maps nested deeper than {MAX_DEPTH} levels"
+    ))
 }
 
 /// `value` printed, unless it is nested too deep to print safely.
@@ -45,7 +48,7 @@ fn printed(value: Dynamic, debug: bool) -> String {
     if too_deep(&value, MAX_DEPTH) {
         format!(
             "[{} nested deeper than {MAX_DEPTH} levels]",
-            value.type_name()
+            super::convert::script_type_name(&value)
         )
     } else if debug {
         format!("{value:?}")
@@ -101,12 +104,11 @@ fn maps_equal(ctx: &NativeCallContext, x: &Map, y: &Map, depth: usize) -> Res<bo
 fn check_size(ctx: &NativeCallContext, count: INT, item: usize, max: usize) -> Res<usize> {
     let n = usize::try_from(count).unwrap_or(0);
     if n.saturating_mul(item.max(1)) > max {
-        return Err(format!(
+        return Err(api_error(format!(
             "{}: {count} is more than one call may allocate (the callback memory limit, {} MiB)",
             ctx.fn_name(),
             max >> 20
-        )
-        .into());
+        )));
     }
     Ok(n)
 }

@@ -9,6 +9,7 @@
 //! a handler that another file's code calls. So each file is run with its own functions plus
 //! every closure of every file loaded so far (closure names are unique hashes of their code).
 
+use super::error::api_error;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
@@ -446,7 +447,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
                     ncc.call_source(),
                     &mut c.sources.borrow_mut(),
                 )
-                .map_err(|e| format!("cs.{name}: {e}"))?;
+                .map_err(|e| api_error(format!("cs.{name}: {e}")))?;
             Ok(ClassRef { class })
         },
     );
@@ -492,11 +493,10 @@ fn instantiate(
     let mut this = Dynamic::from_map(map).into_shared();
     if let Some(n) = class.params("constructor") {
         if args.len() > n {
-            return Err(format!(
+            return Err(api_error(format!(
                 "cs.{name}.new: the constructor takes {n} argument(s), got {}",
                 args.len()
-            )
-            .into());
+            )));
         }
         args.resize(n, Dynamic::UNIT);
         let current = this.clone();

@@ -2,6 +2,7 @@
 //! handler's `headers` and `dataType`, and its `url`. Connecting goes on in the background;
 //! failures arrive as events, never as script errors.
 
+use super::error::api_error;
 use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext};
@@ -74,24 +75,22 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
 fn check_url(url: &str) -> Res<()> {
     let uri: tokio_tungstenite::tungstenite::http::Uri = url
         .parse()
-        .map_err(|e| format!("WebSocket.new: cannot parse URL {url:?}: {e}"))?;
+        .map_err(|e| api_error(format!("WebSocket.new: cannot parse URL {url:?}: {e}")))?;
     match uri.scheme_str() {
         Some("ws") | Some("wss") => {}
         Some(other) => {
-            return Err(format!(
+            return Err(api_error(format!(
                 "WebSocket.new: URL {url:?} has scheme {other:?}; expected ws:// or wss://"
-            )
-            .into());
+            )));
         }
         None => {
-            return Err(format!(
+            return Err(api_error(format!(
                 "WebSocket.new: URL {url:?} has no scheme; expected ws:// or wss://"
-            )
-            .into());
+            )));
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("WebSocket.new: URL {url:?} has no host").into());
+        return Err(api_error(format!("WebSocket.new: URL {url:?} has no host")));
     }
     Ok(())
 }
@@ -106,11 +105,10 @@ fn client_headers(handler: &Map) -> Res<Vec<(String, String)>> {
         return Ok(out);
     }
     let Some(map) = headers.read_lock::<Map>() else {
-        return Err(format!(
+        return Err(api_error(format!(
             "WebSocket.new: handler.headers must be an object, got {}",
-            headers.type_name()
-        )
-        .into());
+            super::convert::script_type_name(headers)
+        )));
     };
     for (name, value) in map.iter() {
         if let Some(list) = value.read_lock::<Array>() {
@@ -131,11 +129,10 @@ fn header_value(name: &str, v: &Dynamic) -> Res<String> {
     if v.is_int() || v.is_float() || v.is_bool() {
         return Ok(v.to_string());
     }
-    Err(format!(
+    Err(api_error(format!(
         "WebSocket.new: header {name} must be a string, got {}",
-        v.type_name()
-    )
-    .into())
+        super::convert::script_type_name(v)
+    )))
 }
 
 fn new_client(

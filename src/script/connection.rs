@@ -2,6 +2,7 @@
 //! `WebSocket`: `id`, `status`, `handler`, `send`, `terminate`. A connection object is a
 //! handle (an id plus a way to reach its socket), so it works from any worker.
 
+use super::error::api_error;
 use std::rc::Rc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString};
@@ -87,7 +88,7 @@ pub(super) fn register_socket<T: Socket>(
         send(c.handle(), text_payload(&text));
     });
     engine.register_fn("send", |c: &mut T, message: Dynamic| -> Res<()> {
-        send(c.handle(), data_to_payload(&message)?);
+        send(c.handle(), data_to_payload(&message).map_err(api_error)?);
         Ok(())
     });
     engine.register_fn("terminate", |c: &mut T| {
@@ -130,14 +131,15 @@ pub fn send(handle: &ConnectionHandle, payload: crate::payload::Payload) {
 /// `terminate(code, reason)`: code 1000 or 3000–4999, reason at most 123 bytes (SPEC 6).
 fn terminate(handle: &ConnectionHandle, code: i64, reason: ImmutableString) -> Res<()> {
     if code != 1000 && !(3000..=4999).contains(&code) {
-        return Err(format!("terminate: code must be 1000 or 3000-4999, got {code}").into());
+        return Err(api_error(format!(
+            "terminate: code must be 1000 or 3000-4999, got {code}"
+        )));
     }
     if reason.len() > 123 {
-        return Err(format!(
+        return Err(api_error(format!(
             "terminate: reason must be at most 123 bytes of UTF-8, got {}",
             reason.len()
-        )
-        .into());
+        )));
     }
     handle.close(code as u16, reason.to_string());
     Ok(())

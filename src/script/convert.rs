@@ -107,6 +107,51 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
     }
     Err(format!(
         "cannot send a {}: give a string, a Blob, an object or an array",
-        value.type_name()
+        script_type_name(value)
     ))
+}
+
+/// The name scripts know `value`'s type by, for messages: `int`, `float`, `string`, `map`,
+/// `array`, `Blob`, `()`, `WebSocketConnection`… (Rhai's own says `i64`, or a Rust path).
+pub fn script_type_name(value: &Dynamic) -> &'static str {
+    if value.is_unit() {
+        return "()";
+    }
+    if value.is_int() {
+        return "int";
+    }
+    if value.is_float() {
+        return "float";
+    }
+    if value.is_bool() {
+        return "bool";
+    }
+    if value.is_char() {
+        return "char";
+    }
+    if value.is_string() {
+        return "string";
+    }
+    if value.is_map() {
+        return "map";
+    }
+    if value.is_array() {
+        return "array";
+    }
+    if value.is_blob() {
+        return "Blob";
+    }
+    if value.is_fnptr() {
+        return "Fn";
+    }
+    if value.is::<super::connection::ConnObj>() {
+        return "WebSocketConnection";
+    }
+    if value.is::<super::client::ClientObj>() {
+        return "WebSocket";
+    }
+    if value.is::<super::server::ServerObj>() {
+        return "WebSocketServer";
+    }
+    "value"
 }

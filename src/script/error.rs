@@ -90,6 +90,7 @@ impl ScriptError {
                 .into(),
             EvalAltResult::ErrorRuntime(v, _) => match v.clone().into_string() {
                 Ok(s) => s,
+                Err(_) if api_message(v).is_some() => api_message(v).unwrap_or_default(),
                 Err(t) => format!("thrown: {t}"),
             },
             other => without_position(&first_line(&other.to_string())).to_string(),
@@ -239,4 +240,19 @@ fn habit_hint(line: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// An error of wshost's API (a bad argument, an assertion in a test), raised to the script.
+/// Caught, it is a map with `message`, as Rhai's own errors are (theirs also have `line` and
+/// `position`), so `e.message` works whichever raised it.
+pub fn api_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    let mut map = rhai::Map::new();
+    map.insert("message".into(), message.into().into());
+    EvalAltResult::ErrorRuntime(map.into(), Position::NONE).into()
+}
+
+/// The message of an [`api_error`] value.
+fn api_message(value: &rhai::Dynamic) -> Option<String> {
+    let map = value.read_lock::<rhai::Map>()?;
+    map.get("message")?.clone().into_string().ok()
 }

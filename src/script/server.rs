@@ -2,6 +2,7 @@
 //! its options, and what a server object shows scripts. A server object is an id; every read
 //! goes to the worker's registry.
 
+use super::error::api_error;
 use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
@@ -90,7 +91,7 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
             "host" => {
                 opts.host = value
                     .into_string()
-                    .map_err(|t| format!("option host: expected a string, got {t}"))?;
+                    .map_err(|t| api_error(format!("option host: expected a string, got {t}")))?;
             }
             "path" => {
                 if value.is_unit() {
@@ -167,16 +168,15 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
                 let path = |v: Option<Dynamic>, what: &str| -> Res<std::path::PathBuf> {
                     v.and_then(|v| v.into_string().ok())
                         .map(|p| here.join(p))
-                        .ok_or_else(|| format!("option tls: {what} must be a file path").into())
+                        .ok_or_else(|| api_error(format!("option tls: {what} must be a file path")))
                 };
                 opts.tls = Some((path(tls.0, "cert")?, path(tls.1, "key")?));
             }
             other => {
-                return Err(format!(
+                return Err(api_error(format!(
                     "unknown option {other:?} for WebSocketServer.new \
                      (known: port, host, path, dataType, maxConnections, origins, staticDir, staticDotfiles, tls)"
-                )
-                .into());
+                )));
             }
         }
     }
@@ -184,7 +184,7 @@ fn server_options(ctx: &Ctx, ncc: &NativeCallContext, options: Map) -> Res<Serve
 }
 
 pub(super) fn bad_option(name: &str, expected: &str, got: &Dynamic) -> Box<EvalAltResult> {
-    format!("option {name}: expected {expected}, got {got:?}").into()
+    api_error(format!("option {name}: expected {expected}, got {got:?}"))
 }
 fn new_server(
     ctx: &Rc<Ctx>,
@@ -194,7 +194,9 @@ fn new_server(
 ) -> Res<ServerObj> {
     let handler = share_handler(handler, "WebSocketServer.new")?;
     if !has_callback(ctx, &handler, "onConnection") {
-        return Err("WebSocketServer.new: the handler has no onConnection callback".into());
+        return Err(api_error(
+            "WebSocketServer.new: the handler has no onConnection callback",
+        ));
     }
     let opts = server_options(ctx, ncc, options)?;
     if let Some(id) = adopt_server(ctx, ncc, &handler, &opts) {
@@ -209,9 +211,10 @@ fn new_server(
         origins: opts.origins.clone().map(Into::into),
     };
     let tls = match &opts.tls {
-        Some((cert, key)) => {
-            Some(crate::net::tls_acceptor(cert, key).map_err(|e| format!("option tls: {e}"))?)
-        }
+        Some((cert, key)) => Some(
+            crate::net::tls_acceptor(cert, key)
+                .map_err(|e| api_error(format!("option tls: {e}")))?,
+        ),
         None => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };

@@ -4,6 +4,7 @@
 //! `wait_until` and `sleep` keep dispatching events and timers while the test waits, so the
 //! servers and clients a test made go on working; they run on the test's own worker.
 
+use super::error::api_error;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,14 +24,14 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
         if cond {
             Ok(())
         } else {
-            Err("assertion failed".into())
+            Err(api_error("assertion failed"))
         }
     });
     engine.register_fn("assert", |cond: bool, message: Dynamic| -> Res<()> {
         if cond {
             Ok(())
         } else {
-            Err(format!("assertion failed: {message}").into())
+            Err(api_error(format!("assertion failed: {message}")))
         }
     });
     engine.register_fn(
@@ -78,8 +79,8 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
         Ok(())
     });
     engine.register_fn("free_port", || -> Res<i64> {
-        let l =
-            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free_port: {e}"))?;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| api_error(format!("free_port: {e}")))?;
         Ok(i64::from(l.local_addr().map_err(|e| e.to_string())?.port()))
     });
     let c = ctx.clone();
@@ -108,16 +109,20 @@ fn check_eq(
     }
     let what = if want_equal { "assert_eq" } else { "assert_ne" };
     let extra = message.map(|m| format!(": {m}")).unwrap_or_default();
-    Err(format!("{what} failed{extra}\n  left: {a:?}\n right: {b:?}").into())
+    Err(api_error(format!(
+        "{what} failed{extra}\n  left: {a:?}\n right: {b:?}"
+    )))
 }
 
 fn check_test_deadline(ctx: &Ctx) -> Res<()> {
     if ctx.event_loop.inside() {
         // The loop runs this callback: it cannot also wait inside it.
-        return Err("wait_until and sleep belong in test functions, not in callbacks".into());
+        return Err(api_error(
+            "wait_until and sleep belong in test functions, not in callbacks",
+        ));
     }
     if ctx.deadline.passed() {
-        Err("the test ran past its time limit".into())
+        Err(api_error("the test ran past its time limit"))
     } else {
         Ok(())
     }
@@ -136,15 +141,17 @@ fn wait_until(ctx: &Rc<Ctx>, ncc: &NativeCallContext, cond: FnPtr, ms: i64) -> R
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(t) => {
-                return Err(
-                    format!("wait_until: the condition must return a bool, got {t}").into(),
-                );
+                return Err(api_error(format!(
+                    "wait_until: the condition must return a bool, got {t}"
+                )));
             }
         }
         check_test_deadline(ctx)?;
         let now = Instant::now();
         if now >= until {
-            return Err(format!("wait_until: the condition was still false after {ms} ms").into());
+            return Err(api_error(format!(
+                "wait_until: the condition was still false after {ms} ms"
+            )));
         }
         // Wake at least every 50 ms: a condition may depend on time alone.
         dispatch.step(Some(until.min(now + Duration::from_millis(50))));
@@ -163,17 +170,19 @@ fn run_script(ctx: &Rc<Ctx>, ncc: &NativeCallContext, path: &str, options: Map) 
                     .as_int()
                     .ok()
                     .and_then(|p| u16::try_from(p).ok())
-                    .ok_or_else(|| format!("run_script: port must be 0-65535, got {v}"))?;
+                    .ok_or_else(|| {
+                        api_error(format!("run_script: port must be 0-65535, got {v}"))
+                    })?;
             }
             "host" => {
-                defaults.host = v
-                    .into_string()
-                    .map_err(|t| format!("run_script: host must be a string, got {t}"))?;
+                defaults.host = v.into_string().map_err(|t| {
+                    api_error(format!("run_script: host must be a string, got {t}"))
+                })?;
             }
             other => {
-                return Err(
-                    format!("run_script: unknown option {other:?} (known: port, host)").into(),
-                );
+                return Err(api_error(format!(
+                    "run_script: unknown option {other:?} (known: port, host)"
+                )));
             }
         }
     }
@@ -182,13 +191,13 @@ fn run_script(ctx: &Rc<Ctx>, ncc: &NativeCallContext, path: &str, options: Map) 
         .classes
         .borrow_mut()
         .load_script(ncc.engine(), &file, &mut ctx.sources.borrow_mut())
-        .map_err(|e| format!("run_script: {e}"))?;
+        .map_err(|e| api_error(format!("run_script: {e}")))?;
     *ctx.defaults.borrow_mut() = defaults;
     let result = ncc.engine().run_ast_with_scope(&mut Scope::new(), &ast);
     *ctx.defaults.borrow_mut() = saved;
     result.map_err(|e| {
         let err = super::error::ScriptError::from_eval(&e, path, &ctx.sources.borrow());
-        format!("run_script: {err}").into()
+        api_error(format!("run_script: {err}"))
     })
 }
 

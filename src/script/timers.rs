@@ -1,6 +1,7 @@
 //! Timers of the script API: `setTimeout`, `setInterval`, `clearTimeout`, `clearInterval`
 //! (and `now()`), the queue of pending timers, and running the due ones on the worker.
 
+use super::error::api_error;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -109,9 +110,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
             name,
             move |ncc: NativeCallContext, callback: FnPtr, ms: i64| -> Res<i64> {
                 if ms < 0 {
-                    return Err(
-                        format!("{}: delay must be >= 0 ms, got {ms}", ncc.fn_name()).into(),
-                    );
+                    return Err(api_error(format!(
+                        "{}: delay must be >= 0 ms, got {ms}",
+                        ncc.fn_name()
+                    )));
                 }
                 let delay = Duration::from_millis(ms as u64);
                 let timer = Timer {

@@ -3,6 +3,7 @@
 //! `wss.publish(topic, message)` and `wss.subscriberCount(topic)`; the global `NODE_ID`.
 //! The fan-out itself is native ([`crate::topics::Topics`]).
 
+use super::error::api_error;
 use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString};
@@ -32,7 +33,12 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_fn(
         "publish",
         move |_: &mut ServerObj, topic: ImmutableString, message: Dynamic| -> Res<i64> {
-            publish(&c, &topic, data_to_payload(&message)?, None)
+            publish(
+                &c,
+                &topic,
+                data_to_payload(&message).map_err(api_error)?,
+                None,
+            )
         },
     );
     let c = ctx.clone();
@@ -90,7 +96,7 @@ fn register_socket<T: Socket>(engine: &mut Engine, ctx: &Rc<Ctx>) {
             publish(
                 &c,
                 &topic,
-                data_to_payload(&message)?,
+                data_to_payload(&message).map_err(api_error)?,
                 Some(s.handle().id()),
             )
         },
@@ -98,7 +104,7 @@ fn register_socket<T: Socket>(engine: &mut Engine, ctx: &Rc<Ctx>) {
 }
 
 fn checked(topic: &str) -> Res<()> {
-    check_topic(topic).map_err(|e| e.into())
+    check_topic(topic).map_err(api_error)
 }
 
 /// Hands `payload` to the subscribers of `topic` (but `except`), here and on the other nodes;
