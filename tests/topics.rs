@@ -112,3 +112,48 @@ async fn a_topic_name_has_a_bounded_size() {
     );
     assert_eq!(ask(&mut ws, "sub ok").await, "sub ok true");
 }
+
+/// A subscriber that stops reading is closed with 1008 once its queue is full (as for any
+/// `send`); the publisher and the other subscribers go on, and memory stays bounded.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_closed_and_memory_stays_bounded() {
+    let host = Host::start(&fixture("topics.rhai"));
+    let url = host.url("/");
+    let (mut slow, mut fine, mut publisher) = (
+        connect(&url).await,
+        connect(&url).await,
+        connect(&url).await,
+    );
+    assert_eq!(ask(&mut slow, "sub room").await, "sub room true");
+    assert_eq!(ask(&mut fine, "sub room").await, "sub room true");
+    let before = host.rss_kib();
+    // 400 × 100 KB = 40 MB published; `slow` reads nothing from here on.
+    let big = "x".repeat(100_000);
+    let mut delivered_to_two = 0;
+    for _ in 0..400 {
+        let answer = ask(&mut publisher, &format!("pub room {big}")).await;
+        if answer == "pub 2" {
+            delivered_to_two += 1;
+        }
+        assert_eq!(recv_text(&mut fine).await.len(), big.len());
+    }
+    assert!(
+        delivered_to_two < 400,
+        "the slow subscriber was never dropped"
+    );
+    assert!(
+        host.wait_stderr("the peer does not read; closing it with 1008", TIMEOUT)
+            .is_some(),
+        "{}",
+        host.stderr()
+    );
+    let grown = host.rss_kib().saturating_sub(before);
+    assert!(grown < 100 * 1024, "RSS grew by {grown} KiB");
+    // It leaves the topic when it is closed (its close frame waits up to 2 s for the peer).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while ask(&mut publisher, "count room").await != "count room 1" {
+        assert!(std::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(slow);
+}
