@@ -22,6 +22,9 @@ use crate::payload::Payload;
 /// The longest topic name, in bytes (a name is kept once per subscriber and, clustered, is
 /// part of a Redis channel name).
 pub const MAX_TOPIC_LEN: usize = 1024;
+/// The most topics one connection may be subscribed to (the table is native memory, outside
+/// the scripts' memory limit: a script that subscribes to names its peers choose stays bounded).
+pub const MAX_TOPICS_PER_CONNECTION: usize = 4096;
 
 /// The topics of one host and their subscribers.
 #[derive(Default)]
@@ -91,20 +94,34 @@ impl Topics {
         self.cluster.get()
     }
 
-    /// Subscribes `conn` to `topic`; false if it already was, or is closed.
-    pub fn subscribe(&self, conn: &ConnectionHandle, topic: &str) -> bool {
+    /// Subscribes `conn` to `topic`; false if it already was, or is closed. An error if it
+    /// has [`MAX_TOPICS_PER_CONNECTION`] topics already.
+    pub fn subscribe(&self, conn: &ConnectionHandle, topic: &str) -> Result<bool, String> {
         let mut table = self.inner.lock().unwrap();
         // Checked under the lock: the connection's worker marks it closed before it makes it
         // leave its topics, so a subscribe from another worker cannot slip in between.
         if conn.status() == Status::Closed {
-            return false;
+            return Ok(false);
+        }
+        let mine = table.of_conn.get(&conn.id()).map_or(0, Vec::len);
+        if mine >= MAX_TOPICS_PER_CONNECTION {
+            let subscribed = table
+                .topics
+                .get(topic)
+                .is_some_and(|s| s.at.contains_key(&conn.id()));
+            if subscribed {
+                return Ok(false);
+            }
+            return Err(format!(
+                "a connection subscribes to at most {MAX_TOPICS_PER_CONNECTION} topics"
+            ));
         }
         let key = match table.topics.get_key_value(topic) {
             Some((key, _)) => key.clone(),
             None => Arc::from(topic),
         };
         if !table.topics.entry(key.clone()).or_default().insert(conn) {
-            return false;
+            return Ok(false);
         }
         table
             .of_conn
@@ -112,7 +129,7 @@ impl Topics {
             .or_default()
             .push(key.clone());
         self.changed(&mut table, key);
-        true
+        Ok(true)
     }
 
     /// Unsubscribes `conn` from `topic`; false if it was not subscribed.

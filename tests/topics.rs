@@ -98,7 +98,7 @@ async fn subscribers_on_every_worker_get_a_publish() {
 }
 
 #[tokio::test]
-async fn a_topic_name_has_a_bounded_size() {
+async fn topic_names_and_topics_per_connection_are_bounded() {
     let host = Host::start(&fixture("topics.rhai"));
     let mut ws = connect(&host.url("/")).await;
     let long = "x".repeat(2000);
@@ -111,6 +111,17 @@ async fn a_topic_name_has_a_bounded_size() {
         host.stderr()
     );
     assert_eq!(ask(&mut ws, "sub ok").await, "sub ok true");
+    // So is the number of topics of one connection.
+    assert_eq!(ask(&mut ws, "many 4000").await, "many 4001");
+    send_text(&mut ws, "many 5000").await;
+    assert!(
+        host.wait_stderr("a connection subscribes to at most 4096 topics", TIMEOUT)
+            .is_some(),
+        "{}",
+        host.stderr()
+    );
+    assert_eq!(ask(&mut ws, "is m4000").await, "is m4000 true");
+    assert_eq!(ask(&mut ws, "is m4095").await, "is m4095 false");
 }
 
 /// A subscriber that stops reading is closed with 1008 once its queue is full (as for any

@@ -56,7 +56,10 @@ fn register_socket<T: Socket>(engine: &mut Engine, ctx: &Rc<Ctx>) {
         "subscribe",
         move |s: &mut T, topic: ImmutableString| -> Res<bool> {
             checked(&topic)?;
-            Ok(c.net.topics().subscribe(s.handle(), &topic))
+            c.net
+                .topics()
+                .subscribe(s.handle(), &topic)
+                .map_err(api_error)
         },
     );
     let c = ctx.clone();
