@@ -259,12 +259,12 @@ async fn a_dead_nodes_subscribers_stop_counting() {
     assert_eq!(ask(&mut a, "sub room").await, "sub room true");
     assert_eq!(ask(&mut b, "sub room").await, "sub room true");
     ask_until(&mut a, "count room", "count room 2").await;
-    drop(node_b); // SIGKILL: no goodbye, no last announcement
+    drop(node_b); // SIGKILL: no goodbye, no last announcement; forgotten after 3 s of silence
     let killed = Instant::now();
     ask_until(&mut a, "count room", "count room 1").await;
     let forgotten = killed.elapsed();
     assert!(
-        forgotten < Duration::from_secs(5),
+        forgotten < Duration::from_secs(8),
         "forgotten after {forgotten:?}"
     );
 }
