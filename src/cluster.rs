@@ -14,6 +14,7 @@
 //!   with its own connections, logs the outage once, and reconnects with backoff, subscribing
 //!   again. A publish made while Redis is unreachable reaches this node's subscribers only.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -219,7 +220,8 @@ async fn run(
     let mut ever_connected = false;
     let mut outage_logged = false;
     loop {
-        let failure = session(&client, &cluster, &topics, &mut outbox, &mut ever_connected).await;
+        let Err(failure) =
+            serve(&client, &cluster, &topics, &mut outbox, &mut ever_connected).await;
         let was_connected = cluster.connected.swap(false, Ordering::Relaxed);
         if was_connected {
             backoff = Duration::from_millis(100);
@@ -250,29 +252,14 @@ fn topic_channel(topic: &str) -> String {
     format!("{TOPIC_PREFIX}{topic}")
 }
 
-/// One connection to Redis, until it fails: the reason.
-async fn session(
-    client: &redis::Client,
-    cluster: &Cluster,
-    topics: &Topics,
-    outbox: &mut mpsc::Receiver<(Arc<str>, Payload)>,
-    ever_connected: &mut bool,
-) -> String {
-    match serve(client, cluster, topics, outbox, ever_connected).await {
-        Ok(never) => match never {},
-        Err(e) => e.to_string(),
-    }
-}
-
-enum Never {}
-
+/// One connection to Redis, served until it fails (it never ends otherwise).
 async fn serve(
     client: &redis::Client,
     cluster: &Cluster,
     topics: &Topics,
     outbox: &mut mpsc::Receiver<(Arc<str>, Payload)>,
     ever_connected: &mut bool,
-) -> anyhow::Result<Never> {
+) -> anyhow::Result<Infallible> {
     let limit = Duration::from_secs(2);
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limit))

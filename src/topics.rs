@@ -44,6 +44,14 @@ struct Table {
     changed: FxHashSet<Arc<str>>,
 }
 
+impl Table {
+    fn has(&self, topic: &str, conn: ConnId) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|s| s.at.contains_key(&conn))
+    }
+}
+
 /// The subscribers of one topic: a list to fan out over, and where each one is in it.
 #[derive(Default)]
 struct Subscribers {
@@ -105,11 +113,7 @@ impl Topics {
         }
         let mine = table.of_conn.get(&conn.id()).map_or(0, Vec::len);
         if mine >= MAX_TOPICS_PER_CONNECTION {
-            let subscribed = table
-                .topics
-                .get(topic)
-                .is_some_and(|s| s.at.contains_key(&conn.id()));
-            if subscribed {
+            if table.has(topic, conn.id()) {
                 return Ok(false);
             }
             return Err(format!(
@@ -182,11 +186,7 @@ impl Topics {
     }
 
     pub fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
-        let table = self.inner.lock().unwrap();
-        table
-            .topics
-            .get(topic)
-            .is_some_and(|s| s.at.contains_key(&conn))
+        self.inner.lock().unwrap().has(topic, conn)
     }
 
     /// The topics of `conn`, in the order it subscribed.

@@ -88,7 +88,7 @@ pub(super) fn register_socket<T: Socket>(
         send(c.handle(), text_payload(&text));
     });
     engine.register_fn("send", |c: &mut T, message: Dynamic| -> Res<()> {
-        send(c.handle(), data_to_payload(&message).map_err(api_error)?);
+        send(c.handle(), data_to_payload(&message)?);
         Ok(())
     });
     engine.register_fn("terminate", |c: &mut T| {

@@ -4,6 +4,7 @@ use std::cell::RefCell;
 
 use rhai::{Blob, Dynamic, ImmutableString};
 
+use super::error::api_error;
 use crate::payload::{Payload, Text};
 
 thread_local! {
@@ -83,7 +84,7 @@ pub fn text_payload(s: &ImmutableString) -> Payload {
 
 /// The payload `send(value)` puts on the wire: a string as text, a Blob as binary, anything
 /// else that JSON can express as the text of its JSON.
-pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
+pub fn data_to_payload(value: &Dynamic) -> Result<Payload, Box<rhai::EvalAltResult>> {
     if let Ok(s) = value.as_immutable_string_ref() {
         return Ok(text_payload(&s));
     }
@@ -92,23 +93,25 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, String> {
         return Ok(Payload::binary(blob.to_vec()));
     }
     if value.is_unit() {
-        return Err("cannot send (): give a string, a Blob, an object or an array".into());
+        return Err(api_error(
+            "cannot send (): give a string, a Blob, an object or an array",
+        ));
     }
     if super::bounds::too_deep(value, super::bounds::MAX_DEPTH) {
-        return Err(format!(
+        return Err(api_error(format!(
             "cannot send arrays or maps nested deeper than {} levels as JSON",
             super::bounds::MAX_DEPTH
-        ));
+        )));
     }
     if value.is_map() || value.is_array() || value.is_int() || value.is_float() || value.is_bool() {
         return serde_json::to_string(value)
             .map(Payload::text)
-            .map_err(|e| format!("cannot send this value as JSON: {e}"));
+            .map_err(|e| api_error(format!("cannot send this value as JSON: {e}")));
     }
-    Err(format!(
+    Err(api_error(format!(
         "cannot send a {}: give a string, a Blob, an object or an array",
         script_type_name(value)
-    ))
+    )))
 }
 
 /// The name scripts know `value`'s type by, for messages: `int`, `float`, `string`, `map`,

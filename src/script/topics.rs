@@ -33,12 +33,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_fn(
         "publish",
         move |_: &mut ServerObj, topic: ImmutableString, message: Dynamic| -> Res<i64> {
-            publish(
-                &c,
-                &topic,
-                data_to_payload(&message).map_err(api_error)?,
-                None,
-            )
+            publish(&c, &topic, data_to_payload(&message)?, None)
         },
     );
     let c = ctx.clone();
@@ -99,7 +94,7 @@ fn register_socket<T: Socket>(engine: &mut Engine, ctx: &Rc<Ctx>) {
             publish(
                 &c,
                 &topic,
-                data_to_payload(&message).map_err(api_error)?,
+                data_to_payload(&message)?,
                 Some(s.handle().id()),
             )
         },
