@@ -50,9 +50,7 @@ fn client_talks_to_a_server_of_the_same_script_in_order() {
 
 #[test]
 fn every_failure_is_on_error_then_on_terminate_1006() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port().to_string();
-    drop(free);
+    let port = free_port().to_string();
     let (code, stdout, stderr) = run_to_end(&fixture("client_failures.rhai"), &[&port]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stdout.contains("OPENED"), "{stdout}");

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,14 +49,6 @@ fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn have_redis(test: &str) -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -75,27 +66,6 @@ fn have_redis(test: &str) -> bool {
 
 fn node(redis_url: &str) -> Host {
     Host::start_with(&fixture("topics.rhai"), &["--cluster", redis_url])
-}
-
-async fn ask(ws: &mut Client, command: &str) -> String {
-    send_text(ws, command).await;
-    recv_text(ws).await
-}
-
-/// Asks `command` until the answer is `want` (what other nodes announce takes a moment).
-async fn ask_until(ws: &mut Client, command: &str, want: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = ask(ws, command).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command}: got {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn wait_log(host: &Host, needle: &str) {

@@ -223,9 +223,7 @@ async fn headers_binary_messages_and_a_close_the_server_starts() {
 
 #[test]
 fn a_refused_connection_is_one_line_and_exit_1() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
+    let port = free_port();
     let (status, stdout, stderr) = run_cli(&["connect", &format!("ws://127.0.0.1:{port}/")]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stdout, "");

@@ -6,11 +6,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-async fn ask(ws: &mut Client, command: &str) -> String {
-    send_text(ws, command).await;
-    recv_text(ws).await
-}
-
 #[tokio::test]
 async fn a_publish_reaches_every_subscriber_but_the_sender() {
     let host = Host::start(&fixture("topics.rhai"));
@@ -161,10 +156,6 @@ async fn a_subscriber_that_never_reads_is_closed_and_memory_stays_bounded() {
     let grown = host.rss_kib().saturating_sub(before);
     assert!(grown < 100 * 1024, "RSS grew by {grown} KiB");
     // It leaves the topic when it is closed (its close frame waits up to 2 s for the peer).
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while ask(&mut publisher, "count room").await != "count room 1" {
-        assert!(std::time::Instant::now() < deadline, "still subscribed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ask_until(&mut publisher, "count room", "count room 1").await;
     drop(slow);
 }

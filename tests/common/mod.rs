@@ -374,3 +374,36 @@ pub fn sample(metrics: &str, name: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A port that was free a moment ago (bound to 127.0.0.1:0, then let go): for a server the
+/// test starts itself, or one that must refuse.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `command` and returns the next text message (the fixtures answer each command).
+pub async fn ask(ws: &mut Client, command: &str) -> String {
+    send_text(ws, command).await;
+    recv_text(ws).await
+}
+
+/// Asks `command` until the answer is `want`, at most [`TIMEOUT`] (for what takes a moment:
+/// another node's announcement, a connection still closing).
+pub async fn ask_until(ws: &mut Client, command: &str, want: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = ask(ws, command).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command}: got {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
