@@ -127,7 +127,7 @@ pub fn fanout(config: &Config) -> anyhow::Result<()> {
                 measured.rate(),
                 measured.percentile_ms(0.5),
                 measured.percentile_ms(0.99),
-                us_per(&measured)
+                measured.server_us_per_msg()
             );
             into.push(measured);
         }
@@ -149,7 +149,7 @@ pub fn fanout(config: &Config) -> anyhow::Result<()> {
             thousands(median(runs.iter().map(Measured::rate))),
             median(runs.iter().map(|m| m.percentile_ms(0.5))),
             median(runs.iter().map(|m| m.percentile_ms(0.99))),
-            median(runs.iter().map(us_per)),
+            median(runs.iter().map(Measured::server_us_per_msg)),
         );
     }
     println!(
@@ -158,10 +158,6 @@ pub fn fanout(config: &Config) -> anyhow::Result<()> {
     );
     drop((node_a, node_b));
     Ok(())
-}
-
-fn us_per(m: &Measured) -> f64 {
-    m.used.server.as_secs_f64() * 1e6 / m.messages.max(1) as f64
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -69,6 +69,11 @@ impl Measured {
         self.messages as f64 / self.used.elapsed.as_secs_f64()
     }
 
+    /// The server's CPU time (utime + stime) per message over the window, in µs.
+    pub fn server_us_per_msg(&self) -> f64 {
+        self.used.server.as_secs_f64() * 1e6 / self.messages.max(1) as f64
+    }
+
     pub fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return f64::NAN;

@@ -88,22 +88,9 @@ enum Bench {
     },
     /// Every workload against the reference and wshost (and Node's ws); prints the tables.
     All(AllArgs),
-    /// Topics on one node and across two nodes through a real redis-server (`--cluster`).
-    Fanout {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// Subscribers on node B.
-        #[arg(long, default_value_t = 200)]
-        receivers: usize,
-        #[arg(long, default_value_t = 16)]
-        chat_window: usize,
-        #[arg(long)]
-        no_pin: bool,
-    },
+    /// Topics on one node and across two nodes through a real redis-server (`--cluster`); the
+    /// receivers are subscribers on node B.
+    Fanout(FanoutArgs),
     /// The reference server: plain tokio-tungstenite, no scripting.
     Reference {
         #[arg(long, value_enum)]
@@ -111,8 +98,9 @@ enum Bench {
     },
 }
 
+/// How long and how often each workload runs (`all`, `fanout`).
 #[derive(clap::Args)]
-struct AllArgs {
+struct Rounds {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds each measured window lasts.
@@ -121,6 +109,47 @@ struct AllArgs {
     /// Seconds of load before the measured window.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+}
+
+impl Rounds {
+    fn rounds(&self) -> usize {
+        self.rounds.max(1)
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup)
+    }
+}
+
+/// The chat's shape (`all`'s chat and topic, `fanout`).
+#[derive(clap::Args)]
+struct ChatShape {
+    /// Chat: receiving connections (the sender is one more).
+    #[arg(long, default_value_t = 200)]
+    receivers: usize,
+    /// Chat: messages the sender may have out that not every receiver has read yet.
+    #[arg(long, default_value_t = 16)]
+    chat_window: usize,
+}
+
+#[derive(clap::Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    rounds: Rounds,
+    #[command(flatten)]
+    chat: ChatShape,
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    rounds: Rounds,
     /// `--workers` for wshost.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -147,12 +176,8 @@ struct AllArgs {
     /// Echo and json: messages in flight per connection.
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// Chat: receiving connections (the sender is one more).
-    #[arg(long, default_value_t = 200)]
-    receivers: usize,
-    /// Chat: messages the sender may have out that not every receiver has read yet.
-    #[arg(long, default_value_t = 16)]
-    chat_window: usize,
+    #[command(flatten)]
+    chat: ChatShape,
     /// Memory: idle connections.
     #[arg(long, default_value_t = 5000)]
     idle: usize,
@@ -206,9 +231,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Bench::All(args) => {
             let config = report::Config {
                 wshost: server::existing_wshost(&wshost)?,
-                rounds: args.rounds.max(1),
-                window: Duration::from_secs_f64(args.seconds),
-                warmup: Duration::from_secs_f64(args.warmup),
+                rounds: args.rounds.rounds(),
+                window: args.rounds.window(),
+                warmup: args.rounds.warmup(),
                 workers: args.workers,
                 pin: !args.no_pin,
                 spin: !args.no_spin,
@@ -218,27 +243,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     size: args.size,
                     in_flight: args.in_flight.max(1),
                 },
-                receivers: args.receivers.max(1),
-                chat_window: args.chat_window.max(1),
+                receivers: args.chat.receivers.max(1),
+                chat_window: args.chat.chat_window.max(1),
                 idle: args.idle,
             };
             report::all(&config)
         }
-        Bench::Fanout {
-            rounds,
-            seconds,
-            warmup,
-            receivers,
-            chat_window,
-            no_pin,
-        } => fanout::fanout(&fanout::Config {
+        Bench::Fanout(args) => fanout::fanout(&fanout::Config {
             wshost: server::existing_wshost(&wshost)?,
-            rounds: rounds.max(1),
-            window: Duration::from_secs_f64(seconds),
-            warmup: Duration::from_secs_f64(warmup),
-            receivers: receivers.max(1),
-            chat_window: chat_window.max(1),
-            pin: !no_pin,
+            rounds: args.rounds.rounds(),
+            window: args.rounds.window(),
+            warmup: args.rounds.warmup(),
+            receivers: args.chat.receivers.max(1),
+            chat_window: args.chat.chat_window.max(1),
+            pin: !args.no_pin,
         }),
         // Tokio's default worker count follows the process's CPU affinity: one thread when
         // the bench pins the reference to one core, as many as cores when it does not.

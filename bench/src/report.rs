@@ -206,12 +206,11 @@ fn report_failures(workload: Workload, kind: Kind, measured: &Measured) {
 }
 
 fn throughput(m: &Measured) -> Sample {
-    let messages = m.messages.max(1) as f64;
     Sample::Throughput {
         rate: m.rate(),
         p50_ms: m.percentile_ms(0.5),
         p99_ms: m.percentile_ms(0.99),
-        server_us_per_msg: m.used.server.as_secs_f64() * 1e6 / messages,
+        server_us_per_msg: m.server_us_per_msg(),
         server_core: m.used.core_percent(m.used.server),
         load_core: m.used.load_busy_percent(),
         load_cpu: m.used.core_percent(m.used.load),
