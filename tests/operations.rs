@@ -123,8 +123,8 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(v["callback"], "onMessage");
     assert_eq!(v["path"], "*");
     let location = v["location"].as_str().unwrap();
-    // A budget stop has no position: the file alone.
-    assert!(location.ends_with("limits.rhai"), "{location}");
+    // A budget stop names where the callback was stopped: the `loop {}`.
+    assert!(location.ends_with("limits.rhai:17:24"), "{location}");
 }
 
 #[tokio::test]

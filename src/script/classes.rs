@@ -30,9 +30,9 @@ use super::error::{ScriptError, Sources, display_name};
 pub const CLASS_KEY: &str = "__class";
 
 /// The class an instance names (None for a plain object map).
-pub fn class_name(map: &rhai::Map) -> Option<String> {
+pub fn class_name(map: &rhai::Map) -> Option<rhai::ImmutableString> {
     map.get(CLASS_KEY)
-        .and_then(|c| c.clone().into_string().ok())
+        .and_then(|c| c.clone().into_immutable_string().ok())
 }
 
 /// One compiled file, ready to call into.
@@ -45,9 +45,21 @@ pub struct Script {
     pub ast: AST,
     /// (Looked up by name on every callback: FxHash, not SipHash, as `files`.)
     params: FxHashMap<String, usize>,
+    /// What calls into `ast` have resolved so far (call.rs).
+    pub calls: super::call::CallCache,
 }
 
 impl Script {
+    fn new(file: String, class: Option<String>, ast: AST) -> Self {
+        Self {
+            file,
+            class,
+            params: param_counts(&ast),
+            calls: super::call::CallCache::new(&ast),
+            ast,
+        }
+    }
+
     /// The number of parameters of function `name`, if the file has it.
     pub fn params(&self, name: &str) -> Option<usize> {
         self.params.get(name).copied()
@@ -264,24 +276,14 @@ impl ClassStore {
             Compiled {
                 class,
                 ast,
-                script: Rc::new(Script {
-                    file: String::new(),
-                    class: None,
-                    ast: AST::empty(),
-                    params: FxHashMap::default(),
-                }),
+                script: Rc::new(Script::new(String::new(), None, AST::empty())),
             },
         );
         // Every file now sees the new closures too.
         for (name, compiled) in self.files.iter_mut() {
             let mut ast = compiled.ast.merge(&self.closures);
             ast.set_source(name.as_str());
-            compiled.script = Rc::new(Script {
-                file: name.clone(),
-                class: compiled.class.clone(),
-                params: param_counts(&compiled.ast),
-                ast,
-            });
+            compiled.script = Rc::new(Script::new(name.clone(), compiled.class.clone(), ast));
         }
         self.files[&file].script.clone()
     }

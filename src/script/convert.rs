@@ -8,23 +8,36 @@ use super::error::api_error;
 use crate::payload::{Payload, Text};
 
 thread_local! {
-    /// The last string sent and its bytes: a broadcast sends one string to many connections,
-    /// and this makes that one copy instead of one per connection. Holding the string keeps
-    /// its address from being reused by another.
-    static LAST_SENT: RefCell<Option<(ImmutableString, Text)>> = const { RefCell::new(None) };
+    /// The last string sent: a broadcast sends one string to many connections, and this
+    /// makes that two copies instead of one per connection. Holding the string keeps its
+    /// address from being reused by another.
+    static LAST_SENT: RefCell<LastSent> = const { RefCell::new(LastSent::Nothing) };
+}
+
+enum LastSent {
+    Nothing,
+    /// Sent once: most strings are (an echo). Not kept as bytes, which would cost a shared
+    /// buffer for every message.
+    Once(ImmutableString),
+    /// Sent again: kept as bytes for the sends that follow.
+    Again(ImmutableString, Text),
 }
 
 fn text_of(s: &ImmutableString) -> Text {
     LAST_SENT.with(|last| {
         let mut last = last.borrow_mut();
-        if let Some((prev, text)) = last.as_ref()
-            && prev.ptr_eq(s)
-        {
-            return text.clone();
+        match &*last {
+            LastSent::Again(prev, text) if prev.ptr_eq(s) => text.clone(),
+            LastSent::Once(prev) if prev.ptr_eq(s) => {
+                let text = Text::from(s.as_str());
+                *last = LastSent::Again(s.clone(), text.clone());
+                text
+            }
+            _ => {
+                *last = LastSent::Once(s.clone());
+                Text::from(s.as_str())
+            }
         }
-        let text = Text::from(s.as_str());
-        *last = Some((s.clone(), text.clone()));
-        text
     })
 }
 

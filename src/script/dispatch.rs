@@ -9,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use rhai::{CallFnOptions, Dynamic, Engine, FnPtr, Map, Scope};
+use rhai::{Dynamic, Engine, FnPtr, Map};
 
 use super::api::{has_callback, share_handler};
 use super::classes::class_name;
@@ -285,18 +285,18 @@ impl Dispatch<'_> {
     }
 
     pub fn on_message(&self, conn: ConnId, payload: Payload) {
-        let (handle, data_type) = {
+        let (handle, data_type, target) = {
             let reg = self.ctx.registry.borrow();
             let Some(entry) = reg.conns.get(&conn) else {
                 return;
             };
-            (entry.handle.clone(), entry.data_type)
+            (entry.handle.clone(), entry.data_type, Target::of(entry))
         };
         match payload_to_data(payload, data_type) {
             Ok(data) => {
                 let mut event = event_map("message");
                 event.insert("data".into(), data);
-                self.call_conn(conn, "onMessage", event);
+                self.call_target(conn, target, "onMessage", event);
             }
             Err(bad) => {
                 let message = format!("invalid JSON: {}", bad.error);
@@ -366,15 +366,21 @@ impl Dispatch<'_> {
 
     /// Calls connection callback `name`; a failure is logged and goes to `onError`.
     pub fn call_conn(&self, conn: ConnId, name: &str, event: Map) {
+        let target = self.ctx.registry.borrow().conns.get(&conn).map(Target::of);
+        if let Some(target) = target {
+            self.call_target(conn, target, name, event);
+        }
+    }
+
+    /// Calls callback `name` of a connection's handler, found in the registry before.
+    fn call_target(&self, conn: ConnId, target: Target, name: &str, event: Map) {
         let ws_and_handler = |reg: &super::state::Registry| {
             let entry = reg.conns.get(&conn)?;
             Some((conn_value(entry), entry.handler.clone(), entry.home.clone()))
         };
-        let Some((ws, handler, home)) = ws_and_handler(&self.ctx.registry.borrow()) else {
-            return;
-        };
+        let Target { ws, handler, home } = target;
         let home = home.as_deref();
-        let Some(Err(err)) = self.invoke(&handler, home, name, vec![ws, Dynamic::from_map(event)])
+        let Some(Err(err)) = self.invoke(&handler, home, name, [ws, Dynamic::from_map(event)])
         else {
             return;
         };
@@ -512,7 +518,7 @@ impl Dispatch<'_> {
         handler: &Dynamic,
         home: Option<&str>,
         name: &str,
-        mut args: Vec<Dynamic>,
+        args: impl IntoIterator<Item = Dynamic>,
     ) -> Option<Result<Dynamic, ScriptError>> {
         let (fn_ptr, class) = {
             let map = handler.read_lock::<Map>()?;
@@ -543,23 +549,21 @@ impl Dispatch<'_> {
         }
         // What closures made now see as `this` (objects.rs).
         self.ctx.this.push(handler.clone());
+        // Timed only when counted: two clock reads per callback.
+        let started = crate::metrics::get().map(|_| std::time::Instant::now());
         let result = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
+                // (Inline room for five: no allocation.)
+                let mut args: rhai::FnArgsVec<Dynamic> = args.into_iter().collect();
                 args.resize(params, Dynamic::UNIT);
-                let options = CallFnOptions::new()
-                    .eval_ast(false)
-                    .bind_this_ptr(&mut this);
                 self.ctx.deadline.start(&self.ctx.budget);
-                self.engine.call_fn_with_options::<Dynamic>(
-                    options,
-                    &mut Scope::new(),
-                    &script.ast,
-                    fn_name,
-                    args,
-                )
+                script
+                    .calls
+                    .call_method(self.engine, &script.ast, &mut this, fn_name, &mut args)
             }
             (None, Some(f)) => {
                 self.ctx.deadline.start(&self.ctx.budget);
+                let args: Vec<Dynamic> = args.into_iter().collect();
                 f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
             }
             (None, None) => unreachable!("a callback is named or a function pointer"),
@@ -567,12 +571,7 @@ impl Dispatch<'_> {
         self.ctx.this.pop();
         // Fields the callback added are the object's too, whoever else holds it.
         share_new_fields(handler);
-        // Timed only when counted, from the clock read that set the deadline: one more read
-        // per message is what timing costs.
-        let elapsed = crate::metrics::get()
-            .and(self.ctx.deadline.innermost())
-            .and_then(|deadline| deadline.checked_sub(self.ctx.budget.max_time))
-            .map(|started| started.elapsed());
+        let elapsed = started.map(|started| started.elapsed());
         let kept = self.ctx.deadline.clear();
         self.ctx.memory.callback_kept(kept);
         let sources = self.ctx.sources.borrow();
@@ -586,6 +585,23 @@ impl Dispatch<'_> {
             }
         }
         Some(result)
+    }
+}
+
+/// What a connection callback is called on: `ws` and the connection's handler.
+struct Target {
+    ws: Dynamic,
+    handler: Dynamic,
+    home: Option<Rc<str>>,
+}
+
+impl Target {
+    fn of(entry: &super::state::ConnEntry) -> Self {
+        Self {
+            ws: conn_value(entry),
+            handler: entry.handler.clone(),
+            home: entry.home.clone(),
+        }
     }
 }
 

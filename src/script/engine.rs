@@ -1,6 +1,6 @@
 //! Builds the Rhai engine a script worker uses: the 4D-style syntax, the budgets, the sandbox.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,18 +59,32 @@ impl Interrupt {
 /// deadline of its own, and the outer one still holds. Each entry also holds the thread's
 /// allocation count when the callback started, for the memory budget, and the host's
 /// interrupt count then.
+///
+/// The clock is first read at the first time check, 1,024 operations in: most callbacks
+/// end before that and never read it (a read costs about 1 % of an echoed message). What a
+/// callback runs before its first check is not counted against its time.
 #[derive(Clone, Default)]
 pub struct Deadline {
-    stack: Rc<RefCell<Vec<(Instant, i64, u64)>>>,
+    stack: Rc<RefCell<Vec<Frame>>>,
+    /// The innermost frame's allocation count at its start (read on every operation).
+    memory_start: Rc<Cell<Option<i64>>>,
     interrupt: Interrupt,
+}
+
+struct Frame {
+    time: Duration,
+    /// Set at the first check.
+    deadline: Option<Instant>,
+    memory_start: i64,
+    epoch: u64,
 }
 
 impl Deadline {
     /// Callbacks under this deadline also stop when `interrupt` is raised.
     pub fn new(interrupt: Interrupt) -> Self {
         Self {
-            stack: Rc::default(),
             interrupt,
+            ..Self::default()
         }
     }
 
@@ -79,45 +93,48 @@ impl Deadline {
     }
 
     pub fn start_for(&self, time: Duration) {
-        let mem = crate::alloc::thread_net();
-        let epoch = self.interrupt.epoch();
-        self.stack
-            .borrow_mut()
-            .push((Instant::now() + time, mem, epoch));
+        let memory_start = crate::alloc::thread_net();
+        self.memory_start.set(Some(memory_start));
+        self.stack.borrow_mut().push(Frame {
+            time,
+            deadline: None,
+            memory_start,
+            epoch: self.interrupt.epoch(),
+        });
     }
 
     /// True if the host asked the innermost running callback to stop.
     fn interrupted(&self) -> bool {
         let epoch = self.interrupt.epoch();
-        self.stack
-            .borrow()
-            .last()
-            .is_some_and(|(_, _, started)| *started != epoch)
+        self.stack.borrow().last().is_some_and(|f| f.epoch != epoch)
     }
 
     /// Bytes the innermost running callback has allocated and kept.
     fn memory_used(&self) -> i64 {
-        self.stack
-            .borrow()
-            .last()
-            .map(|(_, start, _)| crate::alloc::thread_net() - start)
-            .unwrap_or(0)
-    }
-
-    /// The deadline of the innermost running callback.
-    pub fn innermost(&self) -> Option<Instant> {
-        self.stack.borrow().last().map(|(deadline, ..)| *deadline)
+        self.memory_start
+            .get()
+            .map_or(0, |start| crate::alloc::thread_net() - start)
     }
 
     /// Ends the innermost callback; returns the bytes it allocated and kept.
     pub fn clear(&self) -> i64 {
-        let popped = self.stack.borrow_mut().pop();
-        popped.map_or(0, |(_, start, _)| crate::alloc::thread_net() - start)
+        let mut stack = self.stack.borrow_mut();
+        let popped = stack.pop();
+        self.memory_start.set(stack.last().map(|f| f.memory_start));
+        popped.map_or(0, |f| crate::alloc::thread_net() - f.memory_start)
     }
 
+    /// True once a running callback is past its time. The first call for a callback starts
+    /// its clock.
     pub fn passed(&self) -> bool {
         let now = Instant::now();
-        self.stack.borrow().iter().any(|(d, ..)| now > *d)
+        let mut stack = self.stack.borrow_mut();
+        let mut passed = false;
+        for f in stack.iter_mut() {
+            let deadline = *f.deadline.get_or_insert(now + f.time);
+            passed |= now > deadline;
+        }
+        passed
     }
 }
 

@@ -143,7 +143,7 @@ fn first_line(s: &str) -> String {
 }
 
 impl ScriptError {
-    /// `file:line:col`, or `file` when the position is not known (a budget stop), for a
+    /// `file:line:col`, or `file` when the position is not known (a budget stop inside a closure), for a
     /// structured log field.
     pub fn location(&self) -> String {
         if self.line == 0 {

@@ -5,6 +5,7 @@
 
 mod api;
 mod bounds;
+mod call;
 pub mod check;
 mod classes;
 mod client;

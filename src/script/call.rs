@@ -1,0 +1,169 @@
+//! Calling a script's function as a callback: `this` bound, arguments in, as cheaply as Rhai
+//! allows.
+//!
+//! `Engine::call_fn_with_options` costs about 5,000 instructions before a callback's first
+//! statement runs, on every message:
+//! - it starts with empty caches, so each function the callback calls (`ws.send`) is looked up
+//!   again in every module, three times for a method (by typed hash, by plain hash, then as a
+//!   native function);
+//! - it resolves the callback itself by name, checks its arguments for data races, allocates
+//!   a scope and converts each parameter's name into it.
+//!
+//! Here each [`Script`](super::classes::Script) keeps a [`CallCache`]: the resolution caches,
+//! a scope whose allocations are reused, and, for each callback called so far, its body as a
+//! block with its parameter names. A call pushes the arguments and evaluates the block with
+//! `this` bound, through Rhai's `internals` API, as Rhai's own function call does after
+//! its preliminaries. An AST never changes once compiled (a reload or a new closure builds a
+//! new `Script`), so none of this goes stale.
+//!
+//! A function declared for a `this` type (`fn Type.name()`) takes Rhai's own path.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rhai::{
+    AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, Identifier,
+    ImmutableString, Scope, StmtBlock,
+};
+use rustc_hash::FxHashMap;
+
+/// The per-AST state kept between calls.
+pub struct CallCache {
+    caches: RefCell<rhai::Caches>,
+    /// Where the arguments go: kept for its allocations (empty between calls).
+    scope: RefCell<Scope<'static>>,
+    /// The callbacks called so far, by name (None: one that takes Rhai's own path).
+    bodies: RefCell<FxHashMap<String, Option<Rc<Body>>>>,
+    /// The AST's source, made once (it names the file in errors).
+    source: Option<ImmutableString>,
+}
+
+/// A function's body as one block, and its parameters' names.
+struct Body {
+    block: Expr,
+    params: Vec<Identifier>,
+}
+
+impl Body {
+    /// The body of `name` with `arity` parameters in `ast`: a copy of its statements, found by
+    /// walking a copy of the AST that holds that function alone.
+    fn of(ast: &AST, name: &str, arity: usize) -> Option<Self> {
+        let mut one = ast.clone();
+        one.clear_statements();
+        one.retain_functions(|_, _, n, params| n == name && params == arity);
+        let def = {
+            let mut defs = one.iter_fn_def();
+            let def = defs.next()?.clone();
+            if defs.next().is_some() || def.this_type.is_some() {
+                return None;
+            }
+            def
+        };
+        let mut statements = Vec::new();
+        one.walk(&mut |path| {
+            if let [ASTNode::Stmt(stmt)] = path {
+                statements.push((*stmt).clone());
+            }
+            true
+        });
+        let block = StmtBlock::new(
+            statements,
+            def.body.start_position(),
+            def.body.end_position(),
+        );
+        Some(Self {
+            block: Expr::Stmt(Box::new(block)),
+            params: def
+                .params
+                .iter()
+                .map(|p| Identifier::from(p.as_str()))
+                .collect(),
+        })
+    }
+}
+
+impl CallCache {
+    pub fn new(ast: &AST) -> Self {
+        Self {
+            caches: RefCell::new(rhai::Caches::new()),
+            scope: RefCell::new(Scope::new()),
+            bodies: RefCell::default(),
+            source: ast.source().map(ImmutableString::from),
+        }
+    }
+
+    fn body(&self, ast: &AST, name: &str, arity: usize) -> Option<Rc<Body>> {
+        if let Some(body) = self.bodies.borrow().get(name) {
+            return body.clone();
+        }
+        let body = Body::of(ast, name, arity).map(Rc::new);
+        self.bodies
+            .borrow_mut()
+            .insert(name.to_string(), body.clone());
+        body
+    }
+
+    /// Calls `name(args…)` of `ast` with `this` bound to `this`. `args` must hold as many
+    /// values as the function declares; they are consumed.
+    pub fn call_method(
+        &self,
+        engine: &Engine,
+        ast: &AST,
+        this: &mut Dynamic,
+        name: &str,
+        args: &mut [Dynamic],
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let mut global = engine.new_global_runtime_state();
+        global.source = self.source.clone();
+        global.lib.push(ast.shared_lib().clone());
+        global.embedded_module_resolver = ast.resolver().cloned();
+        // As inside a function: Rhai's call-depth limit counts from here.
+        global.level = 1;
+        // A callback that calls back into the same file (a method of a class reaching an
+        // instance of its own class) finds these in use: it runs with fresh ones.
+        let (mut own_caches, mut fresh_caches);
+        let caches = match self.caches.try_borrow_mut() {
+            Ok(c) => {
+                own_caches = c;
+                &mut *own_caches
+            }
+            Err(_) => {
+                fresh_caches = rhai::Caches::new();
+                &mut fresh_caches
+            }
+        };
+        let (mut own_scope, mut fresh_scope);
+        let scope = match self.scope.try_borrow_mut() {
+            Ok(s) => {
+                own_scope = s;
+                &mut *own_scope
+            }
+            Err(_) => {
+                fresh_scope = Scope::new();
+                &mut fresh_scope
+            }
+        };
+        let result = match self.body(ast, name, args.len()) {
+            Some(body) => {
+                for (param, value) in body.params.iter().zip(args.iter_mut()) {
+                    scope.push_dynamic(param.clone(), std::mem::take(value));
+                }
+                let mut ctx = EvalContext::new(engine, &mut global, caches, scope, Some(this));
+                #[allow(deprecated)] // "volatile", not deprecated
+                ctx.eval_expression_tree_raw(&Expression::from(&body.block), true)
+            }
+            None => {
+                let mut ctx = EvalContext::new(engine, &mut global, caches, scope, None);
+                let mut refs: rhai::FnArgsVec<&mut Dynamic> =
+                    std::iter::once(this).chain(args.iter_mut()).collect();
+                ctx.call_fn_raw(name, true, true, &mut refs)
+            }
+        };
+        scope.clear();
+        result.or_else(|err| match *err {
+            EvalAltResult::Return(out, ..) | EvalAltResult::Exit(out, ..) => Ok(out),
+            EvalAltResult::ErrorInFunctionCall(f, _, inner, _) if f == name => Err(inner),
+            _ => Err(err),
+        })
+    }
+}
