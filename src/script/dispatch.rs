@@ -562,9 +562,17 @@ impl Dispatch<'_> {
                     .call_method(self.engine, &script.ast, &mut this, fn_name, &mut args)
             }
             (None, Some(f)) => {
+                // A closure: what it captured comes first, as Rhai's call of it would pass.
+                let mut args: rhai::FnArgsVec<Dynamic> =
+                    f.iter_curry().cloned().chain(args).collect();
                 self.ctx.deadline.start(&self.ctx.budget);
-                let args: Vec<Dynamic> = args.into_iter().collect();
-                f.call_as_method::<Dynamic>(self.engine, &script.ast, &mut this, args)
+                script.calls.call_method(
+                    self.engine,
+                    &script.ast,
+                    &mut this,
+                    f.fn_name(),
+                    &mut args,
+                )
             }
             (None, None) => unreachable!("a callback is named or a function pointer"),
         };
