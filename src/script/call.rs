@@ -25,18 +25,26 @@ use rhai::{
     AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, Identifier,
     ImmutableString, Scope, StmtBlock,
 };
-use rustc_hash::FxHashMap;
+
+/// Callbacks kept per file before the list starts over.
+const MAX_BODIES: usize = 64;
+/// Function resolutions kept per file before the cache starts over.
+const MAX_RESOLUTIONS: usize = 512;
 
 /// The per-AST state kept between calls.
 pub struct CallCache {
     caches: RefCell<rhai::Caches>,
     /// Where the arguments go: kept for its allocations (empty between calls).
     scope: RefCell<Scope<'static>>,
-    /// The callbacks called so far, by name (None: one that takes Rhai's own path).
-    bodies: RefCell<FxHashMap<String, Option<Rc<Body>>>>,
+    /// The callbacks called so far, by name and number of parameters (a name may have one
+    /// function per count); None: one that takes Rhai's own path.
+    bodies: RefCell<Vec<Known>>,
     /// The AST's source, made once (it names the file in errors).
     source: Option<ImmutableString>,
 }
+
+/// A callback looked up before: name, number of parameters, body (None: Rhai's own path).
+type Known = (String, usize, Option<Rc<Body>>);
 
 /// A function's body as one block, and its parameters' names.
 struct Body {
@@ -93,13 +101,22 @@ impl CallCache {
     }
 
     fn body(&self, ast: &AST, name: &str, arity: usize) -> Option<Rc<Body>> {
-        if let Some(body) = self.bodies.borrow().get(name) {
+        if let Some((.., body)) = self
+            .bodies
+            .borrow()
+            .iter()
+            .find(|(n, a, _)| *a == arity && n == name)
+        {
             return body.clone();
         }
         let body = Body::of(ast, name, arity).map(Rc::new);
-        self.bodies
-            .borrow_mut()
-            .insert(name.to_string(), body.clone());
+        let mut bodies = self.bodies.borrow_mut();
+        // A handful of callbacks per file; a script naming callbacks from data (`Fn(text)`)
+        // does not grow this without end.
+        if bodies.len() >= MAX_BODIES {
+            bodies.clear();
+        }
+        bodies.push((name.to_string(), arity, body.clone()));
         body
     }
 
@@ -160,6 +177,13 @@ impl CallCache {
             }
         };
         scope.clear();
+        // Rhai caches what each call resolved, "not found" included: a script calling
+        // functions by names from data would grow the cache without end.
+        if caches.fn_resolution_caches_len() > 0
+            && caches.fn_resolution_cache_mut().dict.len() > MAX_RESOLUTIONS
+        {
+            caches.fn_resolution_cache_mut().clear();
+        }
         result.or_else(|err| match *err {
             EvalAltResult::Return(out, ..) | EvalAltResult::Exit(out, ..) => Ok(out),
             EvalAltResult::ErrorInFunctionCall(f, _, inner, _) if f == name => Err(inner),

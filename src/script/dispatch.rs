@@ -563,6 +563,14 @@ impl Dispatch<'_> {
                 // A closure: what it captured comes first, as Rhai's call of it would pass.
                 let mut args: rhai::FnArgsVec<Dynamic> =
                     f.iter_curry().cloned().chain(args).collect();
+                // One that declares fewer parameters (`|ws| …`) gets as many, like a
+                // named callback (a closure's name is unique: one count).
+                if f.is_anonymous()
+                    && let Some(n) = script.params(f.fn_name())
+                    && n >= f.curry().len()
+                {
+                    args.resize(n, Dynamic::UNIT);
+                }
                 self.ctx.deadline.start(&self.ctx.budget);
                 script.calls.call_method(
                     self.engine,
