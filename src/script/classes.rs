@@ -70,11 +70,16 @@ fn is_closure(name: &str) -> bool {
     name.starts_with("anon$")
 }
 
-/// Parameter counts of the functions of `ast` (the first definition of each name wins).
+/// Parameter counts of the functions of `ast`. A name defined with several counts is known by
+/// its largest, whatever order Rhai lists them in (it varies from run to run).
 fn param_counts(ast: &AST) -> FxHashMap<String, usize> {
-    let mut params = FxHashMap::default();
+    let mut params: FxHashMap<String, usize> = FxHashMap::default();
     for f in ast.iter_functions() {
-        params.entry(f.name.to_string()).or_insert(f.params.len());
+        let n = f.params.len();
+        params
+            .entry(f.name.to_string())
+            .and_modify(|most| *most = (*most).max(n))
+            .or_insert(n);
     }
     params
 }
