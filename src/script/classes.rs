@@ -101,6 +101,9 @@ pub struct ClassStore {
     /// Every closure of every file loaded so far, old versions included: a closure made by
     /// old code keeps running the code it was made with.
     closures: AST,
+    /// The file each closure was written in, by its name: what its `Fn("name")`s and its
+    /// errors refer to.
+    closure_files: FxHashMap<String, String>,
     /// Loaded files by canonical path, for reloads.
     paths: HashMap<PathBuf, String>,
     watcher: Option<Arc<Watcher>>,
@@ -132,6 +135,7 @@ impl ClassStore {
             dirs: HashMap::new(),
             entry: None,
             closures: AST::empty(),
+            closure_files: FxHashMap::default(),
         }
     }
 
@@ -200,6 +204,12 @@ impl ClassStore {
     }
 
     /// The script of `file`, or the entry script when unknown.
+    /// The file closure `name` was written in.
+    pub fn closure_file(&self, name: &str) -> Option<Rc<Script>> {
+        let file = self.closure_files.get(name)?;
+        self.files.get(file).map(|c| c.script.clone())
+    }
+
     pub fn file_or_entry(&self, file: Option<&str>) -> Option<Rc<Script>> {
         file.and_then(|f| self.files.get(f))
             .or_else(|| self.entry.as_ref().and_then(|e| self.files.get(e)))
@@ -275,6 +285,11 @@ impl ClassStore {
         let mut new_closures = ast.clone();
         new_closures.clear_statements();
         new_closures.retain_functions(|_, _, name, _| is_closure(name));
+        for f in new_closures.iter_functions() {
+            self.closure_files
+                .entry(f.name.to_string())
+                .or_insert_with(|| file.clone());
+        }
         self.closures = self.closures.merge(&new_closures);
         self.files.insert(
             file.clone(),

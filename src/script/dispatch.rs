@@ -528,6 +528,14 @@ impl Dispatch<'_> {
         };
         let script = match (&fn_ptr, class) {
             (_, Some(class)) => class,
+            // A closure runs in the file it was written in (a class's closure may end up
+            // in a handler the entry script made).
+            (Some(f), None) if f.is_anonymous() => {
+                let classes = self.ctx.classes.borrow();
+                classes
+                    .closure_file(f.fn_name())
+                    .or_else(|| classes.file_or_entry(home))?
+            }
             (Some(_), None) => self.ctx.classes.borrow().file_or_entry(home)?,
             (None, None) => return None,
         };
