@@ -18,7 +18,8 @@
 //!
 //! A function declared for a `this` type (`fn Type.name()`) takes Rhai's own path.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 use rhai::{
@@ -90,6 +91,39 @@ impl Body {
     }
 }
 
+/// What a call uses of a [`CallCache`]: the kept value, or a fresh one while the kept one is
+/// in use by a call further up.
+enum Kept<'a, T> {
+    Own(RefMut<'a, T>),
+    Fresh(T),
+}
+
+impl<'a, T> Kept<'a, T> {
+    fn take(cell: &'a RefCell<T>, fresh: impl FnOnce() -> T) -> Self {
+        cell.try_borrow_mut()
+            .map_or_else(|_| Self::Fresh(fresh()), Self::Own)
+    }
+}
+
+impl<T> Deref for Kept<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Self::Own(r) => r,
+            Self::Fresh(v) => v,
+        }
+    }
+}
+
+impl<T> DerefMut for Kept<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        match self {
+            Self::Own(r) => r,
+            Self::Fresh(v) => v,
+        }
+    }
+}
+
 impl CallCache {
     pub fn new(ast: &AST) -> Self {
         Self {
@@ -138,28 +172,10 @@ impl CallCache {
         global.level = 1;
         // A callback that calls back into the same file (a method of a class reaching an
         // instance of its own class) finds these in use: it runs with fresh ones.
-        let (mut own_caches, mut fresh_caches);
-        let caches = match self.caches.try_borrow_mut() {
-            Ok(c) => {
-                own_caches = c;
-                &mut *own_caches
-            }
-            Err(_) => {
-                fresh_caches = rhai::Caches::new();
-                &mut fresh_caches
-            }
-        };
-        let (mut own_scope, mut fresh_scope);
-        let scope = match self.scope.try_borrow_mut() {
-            Ok(s) => {
-                own_scope = s;
-                &mut *own_scope
-            }
-            Err(_) => {
-                fresh_scope = Scope::new();
-                &mut fresh_scope
-            }
-        };
+        let mut caches = Kept::take(&self.caches, rhai::Caches::new);
+        let caches = &mut *caches;
+        let mut scope = Kept::take(&self.scope, Scope::new);
+        let scope = &mut *scope;
         let result = match self.body(ast, name, args.len()) {
             Some(body) => {
                 for (param, value) in body.params.iter().zip(args.iter_mut()) {

@@ -203,13 +203,13 @@ impl ClassStore {
         self.files.get(file).map(|c| c.script.clone())
     }
 
-    /// The script of `file`, or the entry script when unknown.
     /// The file closure `name` was written in.
     pub fn closure_file(&self, name: &str) -> Option<Rc<Script>> {
         let file = self.closure_files.get(name)?;
         self.files.get(file).map(|c| c.script.clone())
     }
 
+    /// The script of `file`, or the entry script when unknown.
     pub fn file_or_entry(&self, file: Option<&str>) -> Option<Rc<Script>> {
         file.and_then(|f| self.files.get(f))
             .or_else(|| self.entry.as_ref().and_then(|e| self.files.get(e)))

@@ -372,10 +372,6 @@ impl Dispatch<'_> {
 
     /// Calls callback `name` of a connection's handler, found in the registry before.
     fn call_target(&self, conn: ConnId, target: Target, name: &str, event: Map) {
-        let ws_and_handler = |reg: &super::state::Registry| {
-            let entry = reg.conns.get(&conn)?;
-            Some((conn_value(entry), entry.handler.clone(), entry.home.clone()))
-        };
         let Target { ws, handler, home } = target;
         let home = home.as_deref();
         let Some(Err(err)) = self.invoke(&handler, home, name, [ws, Dynamic::from_map(event)])
@@ -390,7 +386,8 @@ impl Dispatch<'_> {
             "{err} (connection {conn}, {name}){}",
             err.snippet()
         );
-        let ws = ws_and_handler(&self.ctx.registry.borrow()).map(|(ws, ..)| ws);
+        // (Looked up again: the callback may have closed it.)
+        let ws = self.ctx.registry.borrow().conns.get(&conn).map(conn_value);
         if let (true, Some(ws)) = (name != "onError", ws) {
             let event = error_event(err.kind(), &err.to_string(), None);
             if let Some(Err(e2)) = self.invoke(

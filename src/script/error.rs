@@ -143,8 +143,8 @@ fn first_line(s: &str) -> String {
 }
 
 impl ScriptError {
-    /// `file:line:col`, or `file` when the position is not known (a budget stop inside a closure), for a
-    /// structured log field.
+    /// `file:line:col`, or `file` when the position is not known (a budget stop in a timer's
+    /// callback, which Rhai's own call runs), for a structured log field.
     pub fn location(&self) -> String {
         if self.line == 0 {
             return self.file.clone();
