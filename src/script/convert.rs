@@ -8,29 +8,37 @@ use super::error::api_error;
 use crate::payload::{Payload, Text};
 
 thread_local! {
-    /// The last string sent: a broadcast sends one string to many connections, and this
-    /// makes that two copies instead of one per connection. Holding the string keeps its
-    /// address from being reused by another.
+    /// The last string sent, or the text of the last message in: a broadcast sends one string
+    /// to many connections, and this makes that two copies instead of one per connection; an
+    /// echo sends back `event.data`, and this sends the bytes that came in, with no copy.
+    /// Holding the string keeps its address from being reused by another.
     static LAST_SENT: RefCell<LastSent> = const { RefCell::new(LastSent::Nothing) };
 }
 
 enum LastSent {
     Nothing,
-    /// Sent once: most strings are (an echo). Not kept as bytes, which would cost a shared
-    /// buffer for every message.
+    /// Sent once: most strings are. Not kept as bytes, which would cost a shared buffer for
+    /// every message.
     Once(ImmutableString),
-    /// Sent again: kept as bytes for the sends that follow.
-    Again(ImmutableString, Text),
+    /// Its bytes are at hand: the string came in as a message, or was sent before.
+    Known(ImmutableString, Text),
+}
+
+/// `event.data` for a text message: the string, with its bytes remembered for a `send`.
+fn received_text(text: Text) -> Dynamic {
+    let s = ImmutableString::from(text.as_str());
+    LAST_SENT.with(|last| *last.borrow_mut() = LastSent::Known(s.clone(), text));
+    Dynamic::from(s)
 }
 
 fn text_of(s: &ImmutableString) -> Text {
     LAST_SENT.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
-            LastSent::Again(prev, text) if prev.ptr_eq(s) => text.clone(),
+            LastSent::Known(prev, text) if prev.ptr_eq(s) => text.clone(),
             LastSent::Once(prev) if prev.ptr_eq(s) => {
                 let text = Text::from(s.as_str());
-                *last = LastSent::Again(s.clone(), text.clone());
+                *last = LastSent::Known(s.clone(), text.clone());
                 text
             }
             _ => {
@@ -79,9 +87,7 @@ pub fn payload_to_data(payload: Payload, data_type: DataType) -> Result<Dynamic,
     match (payload, data_type) {
         (Payload::Binary(b), _) => Ok(Dynamic::from_blob(Blob::from(b.as_ref()))),
         (Payload::Text(t), DataType::Blob) => Ok(Dynamic::from_blob(t.as_str().as_bytes().into())),
-        (Payload::Text(t), DataType::Text) => {
-            Ok(Dynamic::from(rhai::ImmutableString::from(t.as_str())))
-        }
+        (Payload::Text(t), DataType::Text) => Ok(received_text(t)),
         (Payload::Text(t), DataType::Object) => serde_json::from_str::<Dynamic>(t.as_str())
             .map_err(|e| BadJson {
                 text: t.as_str().to_string(),
