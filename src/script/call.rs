@@ -75,11 +75,12 @@ impl Body {
             }
             true
         });
-        let block = StmtBlock::new(
+        let mut block = StmtBlock::new(
             statements,
             def.body.start_position(),
             def.body.end_position(),
         );
+        super::native_calls::mark(&mut block, ast);
         Some(Self {
             block: Expr::Stmt(Box::new(block)),
             params: def

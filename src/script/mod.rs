@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod lint;
 mod memory;
+mod native_calls;
 mod objects;
 mod reload;
 mod server;
