@@ -92,6 +92,21 @@ impl Body {
     }
 }
 
+impl Body {
+    /// Moves the parameters' values, as the call left them, from `scope` back into `args` (the
+    /// caller may reuse them: spares.rs). A value that became read-only stays.
+    fn give_back(&self, scope: &mut Scope, args: &mut [Dynamic]) {
+        if scope.len() != self.params.len() {
+            return;
+        }
+        for (param, slot) in self.params.iter().zip(args.iter_mut()) {
+            if let Some(value) = scope.get_mut(param) {
+                *slot = std::mem::take(value);
+            }
+        }
+    }
+}
+
 /// What a call uses of a [`CallCache`]: the kept value, or a fresh one while the kept one is
 /// in use by a call further up.
 enum Kept<'a, T> {
@@ -184,7 +199,9 @@ impl CallCache {
                 }
                 let mut ctx = EvalContext::new(engine, &mut global, caches, scope, Some(this));
                 #[allow(deprecated)] // "volatile", not deprecated
-                ctx.eval_expression_tree_raw(&Expression::from(&body.block), true)
+                let result = ctx.eval_expression_tree_raw(&Expression::from(&body.block), true);
+                body.give_back(scope, args);
+                result
             }
             None => {
                 let mut ctx = EvalContext::new(engine, &mut global, caches, scope, None);

@@ -178,6 +178,7 @@ fn new_client(
             home: ncc.call_source().map(Rc::from),
             data_type,
             opened: false,
+            spare_ws: None,
         },
     );
     tracing::debug!("client {} connecting to {url}", handle.id());

@@ -38,6 +38,15 @@ pub fn conn_value(e: &ConnEntry) -> Dynamic {
     }
 }
 
+/// True if `value` is the object [`conn_value`] makes for connection `conn`.
+pub fn is_conn_value(value: &Dynamic, conn: crate::event::ConnId) -> bool {
+    value
+        .read_lock::<ConnObj>()
+        .map(|c| c.handle.id() == conn)
+        .or_else(|| value.read_lock::<ClientObj>().map(|c| c.handle.id() == conn))
+        .unwrap_or(false)
+}
+
 pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_type_with_name::<ConnObj>("WebSocketConnection");
     engine.register_get("wss", |c: &mut ConnObj| ServerObj { id: c.server });

@@ -18,6 +18,7 @@ use super::convert::{DataType, payload_to_data};
 use super::error::ScriptError;
 use super::objects::share_new_fields;
 use super::server::ServerObj;
+use super::spares;
 use super::state::{ConnEntry, Ctx, Side};
 use crate::event::{ConnId, ConnectionHandle, ErrorKind, Event, Request, ServerId, Verdict};
 use crate::payload::Payload;
@@ -276,6 +277,7 @@ impl Dispatch<'_> {
                 home,
                 data_type,
                 opened: false,
+                spare_ws: None,
             },
         );
         if let Some(s) = reg.servers.get_mut(&server) {
@@ -286,15 +288,25 @@ impl Dispatch<'_> {
 
     pub fn on_message(&self, conn: ConnId, payload: Payload) {
         let (handle, data_type, target) = {
-            let reg = self.ctx.registry.borrow();
-            let Some(entry) = reg.conns.get(&conn) else {
+            let mut reg = self.ctx.registry.borrow_mut();
+            let Some(entry) = reg.conns.get_mut(&conn) else {
                 return;
             };
-            (entry.handle.clone(), entry.data_type, Target::of(entry))
+            let target = Target {
+                ws: spares::take_ws(entry),
+                handler: entry.handler.clone(),
+                home: entry.home.clone(),
+            };
+            (entry.handle.clone(), entry.data_type, target)
         };
         match payload_to_data(payload, data_type) {
             Ok(data) => {
-                self.call_target(conn, target, "onMessage", message_event(data));
+                let event = self.ctx.spares.message_event(data, message_event);
+                let [ws, event] = self.call_target(conn, target, "onMessage", event);
+                self.ctx.spares.give_back_event(event);
+                if let Some(entry) = self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
+                    spares::give_back_ws(entry, conn, ws);
+                }
             }
             Err(bad) => {
                 let message = format!("invalid JSON: {}", bad.error);
@@ -366,17 +378,18 @@ impl Dispatch<'_> {
     pub fn call_conn(&self, conn: ConnId, name: &str, event: Map) {
         let target = self.ctx.registry.borrow().conns.get(&conn).map(Target::of);
         if let Some(target) = target {
-            self.call_target(conn, target, name, event);
+            let _ = self.call_target(conn, target, name, Dynamic::from_map(event));
         }
     }
 
-    /// Calls callback `name` of a connection's handler, found in the registry before.
-    fn call_target(&self, conn: ConnId, target: Target, name: &str, event: Map) {
+    /// Calls callback `name` of a connection's handler, found in the registry before. Gives
+    /// back `ws` and `event` as the callback left them (or `()`).
+    fn call_target(&self, conn: ConnId, target: Target, name: &str, event: Dynamic) -> [Dynamic; 2] {
         let Target { ws, handler, home } = target;
         let home = home.as_deref();
-        let Some(Err(err)) = self.invoke(&handler, home, name, [ws, Dynamic::from_map(event)])
-        else {
-            return;
+        let mut args = [ws, event];
+        let Some(Err(err)) = self.invoke_with(&handler, home, name, &mut args) else {
+            return args;
         };
         tracing::error!(
             conn,
@@ -406,6 +419,7 @@ impl Dispatch<'_> {
                 );
             }
         }
+        args
     }
 
     /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
@@ -515,6 +529,20 @@ impl Dispatch<'_> {
         name: &str,
         args: impl IntoIterator<Item = Dynamic>,
     ) -> Option<Result<Dynamic, ScriptError>> {
+        // (Inline room for five: no allocation.)
+        let mut args: rhai::FnArgsVec<Dynamic> = args.into_iter().collect();
+        self.invoke_with(handler, home, name, &mut args)
+    }
+
+    /// As [`Dispatch::invoke`], giving the arguments back in `args` as the callback left them
+    /// (`()` where it did not: a closure that declares fewer, Rhai's own path).
+    pub fn invoke_with(
+        &self,
+        handler: &Dynamic,
+        home: Option<&str>,
+        name: &str,
+        args: &mut [Dynamic],
+    ) -> Option<Result<Dynamic, ScriptError>> {
         let (fn_ptr, class) = {
             let map = handler.read_lock::<Map>()?;
             let fn_ptr = map
@@ -556,34 +584,43 @@ impl Dispatch<'_> {
         let started = crate::metrics::get().map(|_| std::time::Instant::now());
         let result = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
-                // (Inline room for five: no allocation.)
-                let mut args: rhai::FnArgsVec<Dynamic> = args.into_iter().collect();
-                args.resize(params, Dynamic::UNIT);
+                let mut call: rhai::FnArgsVec<Dynamic> =
+                    args.iter_mut().map(std::mem::take).collect();
+                call.resize(params, Dynamic::UNIT);
                 self.ctx.deadline.start(&self.ctx.budget);
-                script
-                    .calls
-                    .call_method(self.engine, &script.ast, &mut this, fn_name, &mut args)
+                let result =
+                    script
+                        .calls
+                        .call_method(self.engine, &script.ast, &mut this, fn_name, &mut call);
+                give_back(args, call, 0);
+                result
             }
             (None, Some(f)) => {
                 // A closure: what it captured comes first, as Rhai's call of it would pass.
-                let mut args: rhai::FnArgsVec<Dynamic> =
-                    f.iter_curry().cloned().chain(args).collect();
+                let curried = f.curry().len();
+                let mut call: rhai::FnArgsVec<Dynamic> = f
+                    .iter_curry()
+                    .cloned()
+                    .chain(args.iter_mut().map(std::mem::take))
+                    .collect();
                 // One that declares fewer parameters (`|ws| …`) gets as many, like a
                 // named callback (a closure's name is unique: one count).
                 if f.is_anonymous()
                     && let Some(n) = script.params(f.fn_name())
-                    && n >= f.curry().len()
+                    && n >= curried
                 {
-                    args.resize(n, Dynamic::UNIT);
+                    call.resize(n, Dynamic::UNIT);
                 }
                 self.ctx.deadline.start(&self.ctx.budget);
-                script.calls.call_method(
+                let result = script.calls.call_method(
                     self.engine,
                     &script.ast,
                     &mut this,
                     f.fn_name(),
-                    &mut args,
-                )
+                    &mut call,
+                );
+                give_back(args, call, curried);
+                result
             }
             (None, None) => unreachable!("a callback is named or a function pointer"),
         };
@@ -604,6 +641,13 @@ impl Dispatch<'_> {
             }
         }
         Some(result)
+    }
+}
+
+/// Puts back in `args` what a call left of them in `call`, where they start at `from`.
+fn give_back(args: &mut [Dynamic], call: rhai::FnArgsVec<Dynamic>, from: usize) {
+    for (slot, value) in args.iter_mut().zip(call.into_iter().skip(from)) {
+        *slot = value;
     }
 }
 

@@ -20,6 +20,7 @@ mod native_calls;
 mod objects;
 mod reload;
 mod server;
+mod spares;
 mod state;
 mod testing;
 mod timers;

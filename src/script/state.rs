@@ -87,6 +87,8 @@ pub struct ConnEntry {
     pub data_type: DataType,
     /// `onOpen` was delivered.
     pub opened: bool,
+    /// The `ws` object of its last message callback, for the next one (spares.rs).
+    pub spare_ws: Option<Dynamic>,
 }
 
 #[derive(Default)]
@@ -132,6 +134,8 @@ pub struct Ctx {
     pub this: ThisStack,
     /// The engine that runs top-level code (worker.rs), for the top level's re-run on reload.
     pub top_level_engine: RefCell<Option<Rc<rhai::Engine>>>,
+    /// The message event of the last callback, for the next one.
+    pub spares: super::spares::Spares,
 }
 
 impl Ctx {

@@ -139,6 +139,7 @@ impl Worker {
             memory: MemoryWatch::default(),
             this: Default::default(),
             top_level_engine: Default::default(),
+            spares: Default::default(),
         });
         let build = |top_level: bool| {
             let mut engine = new_engine(&ctx.budget, &deadline);
