@@ -43,7 +43,11 @@ pub fn is_conn_value(value: &Dynamic, conn: crate::event::ConnId) -> bool {
     value
         .read_lock::<ConnObj>()
         .map(|c| c.handle.id() == conn)
-        .or_else(|| value.read_lock::<ClientObj>().map(|c| c.handle.id() == conn))
+        .or_else(|| {
+            value
+                .read_lock::<ClientObj>()
+                .map(|c| c.handle.id() == conn)
+        })
         .unwrap_or(false)
 }
 

@@ -384,7 +384,13 @@ impl Dispatch<'_> {
 
     /// Calls callback `name` of a connection's handler, found in the registry before. Gives
     /// back `ws` and `event` as the callback left them (or `()`).
-    fn call_target(&self, conn: ConnId, target: Target, name: &str, event: Dynamic) -> [Dynamic; 2] {
+    fn call_target(
+        &self,
+        conn: ConnId,
+        target: Target,
+        name: &str,
+        event: Dynamic,
+    ) -> [Dynamic; 2] {
         let Target { ws, handler, home } = target;
         let home = home.as_deref();
         let mut args = [ws, event];
@@ -588,10 +594,13 @@ impl Dispatch<'_> {
                     args.iter_mut().map(std::mem::take).collect();
                 call.resize(params, Dynamic::UNIT);
                 self.ctx.deadline.start(&self.ctx.budget);
-                let result =
-                    script
-                        .calls
-                        .call_method(self.engine, &script.ast, &mut this, fn_name, &mut call);
+                let result = script.calls.call_method(
+                    self.engine,
+                    &script.ast,
+                    &mut this,
+                    fn_name,
+                    &mut call,
+                );
                 give_back(args, call, 0);
                 result
             }

@@ -48,7 +48,10 @@ impl Spares {
             Some(mut map) => {
                 let is_message = map
                     .get("type")
-                    .and_then(|t| t.read_lock::<ImmutableString>().map(|t| t.as_str() == "message"))
+                    .and_then(|t| {
+                        t.read_lock::<ImmutableString>()
+                            .map(|t| t.as_str() == "message")
+                    })
                     .unwrap_or(false);
                 map.len() == 2
                     && is_message
