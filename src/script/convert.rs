@@ -24,6 +24,12 @@ enum LastSent {
     Known(ImmutableString, Text),
 }
 
+/// Forgets the last string and its bytes (the end of a message callback): a large message is
+/// not held until the next.
+pub fn forget_last_sent() {
+    LAST_SENT.with(|last| *last.borrow_mut() = LastSent::Nothing);
+}
+
 /// `event.data` for a text message: the string, with its bytes remembered for a `send`.
 fn received_text(text: Text) -> Dynamic {
     let s = ImmutableString::from(text.as_str());

@@ -14,7 +14,7 @@ use rhai::{Dynamic, Engine, FnPtr, Map};
 use super::api::{has_callback, share_handler};
 use super::classes::class_name;
 use super::connection::conn_value;
-use super::convert::{DataType, payload_to_data};
+use super::convert::{DataType, forget_last_sent, payload_to_data};
 use super::error::ScriptError;
 use super::objects::share_new_fields;
 use super::server::ServerObj;
@@ -304,6 +304,7 @@ impl Dispatch<'_> {
                 let event = self.ctx.spares.message_event(data, message_event);
                 let [ws, event] = self.call_target(conn, target, "onMessage", event);
                 self.ctx.spares.give_back_event(event);
+                forget_last_sent();
                 if let Some(entry) = self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
                     spares::give_back_ws(entry, conn, ws);
                 }
