@@ -5,8 +5,8 @@
 //! making and freeing these for every message cost about 7 % of an echo (callgrind). A value
 //! is kept only if no script can see that it is the same one: not shared (a closure that
 //! captured it shares it), not read-only, no `tag` set, and for the event still exactly
-//! `#{type: "message", data}`; the event's two values are made anew (a `tag` set on them goes).
-//! Its `data` is dropped at once, so a large message is not held until the next one.
+//! `#{type: "message", data}` with its `type` untouched too. Its `data` is dropped at once, so
+//! a large message is not held until the next one.
 
 use std::cell::RefCell;
 
@@ -46,23 +46,15 @@ impl Spares {
         }
         let reusable = match event.write_lock::<Map>() {
             Some(mut map) => {
-                let kind = map
-                    .get("type")
-                    .and_then(|t| t.read_lock::<ImmutableString>().map(|t| t.clone()))
-                    .filter(|t| t.as_str() == "message");
-                match (map.len(), kind) {
-                    (2, Some(kind)) if map.contains_key("data") => {
-                        // Both values anew: what was set on them (a `tag`) goes with them.
-                        for (key, value) in map.iter_mut() {
-                            *value = match key.as_str() {
-                                "type" => Dynamic::from(kind.clone()),
-                                _ => Dynamic::UNIT,
-                            };
-                        }
-                        true
-                    }
-                    _ => false,
-                }
+                // `type` as it was made: "message", and untouched itself (a `tag` on it).
+                let is_message = map.get("type").is_some_and(|t| {
+                    untouched(t)
+                        && t.read_lock::<ImmutableString>()
+                            .is_some_and(|t| t.as_str() == "message")
+                });
+                map.len() == 2
+                    && is_message
+                    && map.get_mut("data").map(|d| *d = Dynamic::UNIT).is_some()
             }
             None => false,
         };
