@@ -90,9 +90,7 @@ impl Body {
                 .collect(),
         })
     }
-}
 
-impl Body {
     /// Moves the parameters' values, as the call left them, from `scope` back into `args` (the
     /// caller may reuse them: spares.rs). A value that became read-only stays.
     fn give_back(&self, scope: &mut Scope, args: &mut [Dynamic]) {

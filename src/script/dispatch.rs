@@ -292,16 +292,16 @@ impl Dispatch<'_> {
             let Some(entry) = reg.conns.get_mut(&conn) else {
                 return;
             };
-            let target = Target {
-                ws: spares::take_ws(entry),
-                handler: entry.handler.clone(),
-                home: entry.home.clone(),
-            };
-            (entry.handle.clone(), entry.data_type, target)
+            let ws = spares::take_ws(entry);
+            (
+                entry.handle.clone(),
+                entry.data_type,
+                Target::with_ws(entry, ws),
+            )
         };
         match payload_to_data(payload, data_type) {
             Ok(data) => {
-                let event = self.ctx.spares.message_event(data, message_event);
+                let event = self.ctx.spares.message_event(data);
                 let [ws, event] = self.call_target(conn, target, "onMessage", event);
                 self.ctx.spares.give_back_event(event);
                 forget_last_sent();
@@ -589,21 +589,13 @@ impl Dispatch<'_> {
         self.ctx.this.push(handler.clone());
         // Timed only when counted: two clock reads per callback.
         let started = crate::metrics::get().map(|_| std::time::Instant::now());
-        let result = match (named, &fn_ptr) {
+        // The function, its arguments (taken from `args`), and where `args` start among them.
+        let (fn_name, mut call, first) = match (named, &fn_ptr) {
             (Some((fn_name, params)), _) => {
                 let mut call: rhai::FnArgsVec<Dynamic> =
                     args.iter_mut().map(std::mem::take).collect();
                 call.resize(params, Dynamic::UNIT);
-                self.ctx.deadline.start(&self.ctx.budget);
-                let result = script.calls.call_method(
-                    self.engine,
-                    &script.ast,
-                    &mut this,
-                    fn_name,
-                    &mut call,
-                );
-                give_back(args, call, 0);
-                result
+                (fn_name, call, 0)
             }
             (None, Some(f)) => {
                 // A closure: what it captured comes first, as Rhai's call of it would pass.
@@ -621,19 +613,19 @@ impl Dispatch<'_> {
                 {
                     call.resize(n, Dynamic::UNIT);
                 }
-                self.ctx.deadline.start(&self.ctx.budget);
-                let result = script.calls.call_method(
-                    self.engine,
-                    &script.ast,
-                    &mut this,
-                    f.fn_name(),
-                    &mut call,
-                );
-                give_back(args, call, curried);
-                result
+                (f.fn_name(), call, curried)
             }
             (None, None) => unreachable!("a callback is named or a function pointer"),
         };
+        self.ctx.deadline.start(&self.ctx.budget);
+        let result =
+            script
+                .calls
+                .call_method(self.engine, &script.ast, &mut this, fn_name, &mut call);
+        // What the call left of `args`, back to the caller.
+        for (slot, value) in args.iter_mut().zip(call.into_iter().skip(first)) {
+            *slot = value;
+        }
         self.ctx.this.pop();
         // Fields the callback added are the object's too, whoever else holds it.
         share_new_fields(handler);
@@ -654,13 +646,6 @@ impl Dispatch<'_> {
     }
 }
 
-/// Puts back in `args` what a call left of them in `call`, where they start at `from`.
-fn give_back(args: &mut [Dynamic], call: rhai::FnArgsVec<Dynamic>, from: usize) {
-    for (slot, value) in args.iter_mut().zip(call.into_iter().skip(from)) {
-        *slot = value;
-    }
-}
-
 /// What a connection callback is called on: `ws` and the connection's handler.
 struct Target {
     ws: Dynamic,
@@ -669,9 +654,13 @@ struct Target {
 }
 
 impl Target {
-    fn of(entry: &super::state::ConnEntry) -> Self {
+    fn of(entry: &ConnEntry) -> Self {
+        Self::with_ws(entry, conn_value(entry))
+    }
+
+    fn with_ws(entry: &ConnEntry, ws: Dynamic) -> Self {
         Self {
-            ws: conn_value(entry),
+            ws,
             handler: entry.handler.clone(),
             home: entry.home.clone(),
         }
@@ -695,23 +684,6 @@ pub(super) fn event_map(kind: &'static str) -> Map {
     });
     let mut m = Map::new();
     m.insert("type".into(), Dynamic::from(kind));
-    m
-}
-
-/// `#{type: "message", data}`, for every message: a copy of a map made once with its data
-/// replaced (a copy costs a third of building the map key by key).
-fn message_event(data: Dynamic) -> Map {
-    thread_local! {
-        static TEMPLATE: Map = {
-            let mut m = event_map("message");
-            m.insert("data".into(), Dynamic::UNIT);
-            m
-        };
-    }
-    let mut m = TEMPLATE.with(Map::clone);
-    if let Some(slot) = m.get_mut("data") {
-        *slot = data;
-    }
     m
 }
 
