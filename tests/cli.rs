@@ -206,9 +206,10 @@ fn class_methods_and_entry_functions_are_callable_from_other_files() {
         stdout.contains("ann is number 1\nbob is number 2"),
         "{stdout}"
     );
-    // Still an error when nobody defines it.
+    // Still an error when the class does not define it (uncaught, the error says more:
+    // a_method_an_object_does_not_have_is_an_error_naming_its_class_and_the_call).
     assert!(
-        stdout.contains("Function not found: no_such_method (map)"),
+        stdout.contains("missing: Function not found: no_such_method (object)"),
         "{stdout}"
     );
 }
@@ -293,6 +294,25 @@ fn an_object_used_again_inside_a_method_called_through_it_says_what_to_do() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("take the object in a variable first (`let x = a.items.x; x.method()`)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_method_an_object_does_not_have_is_an_error_naming_its_class_and_the_call() {
+    let (status, _, stderr) = run_cli(&["run", &fixture("objects4d/no_method.rhai")]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no_method.rhai:3:7: Agent has no method shout \
+             (tests/fixtures/objects4d/Agent.rhai defines no fn shout)"
+        ),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run_cli(&["run", &fixture("objects4d/wrong_count.rhai")]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("wrong_count.rhai:3:16: Agent.tell takes 1 argument(s), got 0"),
         "{stderr}"
     );
 }

@@ -134,6 +134,11 @@ fn objects_are_one_object_whatever_holds_them() {
 }
 
 #[test]
+fn objects_are_as_4d_has_them() {
+    run_scenario("tests/fixtures/objects4d/as_in_4d.rhai", 13);
+}
+
+#[test]
 fn a_closure_made_in_a_method_or_callback_sees_this() {
     run_scenario("tests/fixtures/objects/this_in_closures.rhai", 2);
 }

@@ -8,10 +8,11 @@
 use super::error::api_error;
 use std::rc::Rc;
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, Module};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Module};
 
-use super::classes::{ClassStoreRef, class_name};
+use super::classes::ClassStoreRef;
 use super::client::ClientClass;
+use super::objects::Object;
 use super::server::ServerClass;
 use super::state::Ctx;
 
@@ -36,34 +37,35 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     super::connection::register(engine, ctx);
     super::client::register(engine, ctx);
     super::classes::register(engine, ctx);
+    super::methods::register(engine, ctx);
+    super::objects::register(engine, &ctx.objects);
     super::timers::register(engine, ctx);
     super::topics::register(engine, ctx);
 }
 
-/// Makes `handler` a shared object map, so `this.x = …` and `ws.handler.x = …` persist.
-pub fn share_handler(handler: Dynamic, what: &str) -> Res<Dynamic> {
-    if handler.read_lock::<Map>().is_none() {
-        return Err(api_error(format!(
-            "{what}: the handler must be an object (a map or a class instance), got {}",
-            super::convert::script_type_name(&handler)
-        )));
-    }
-    Ok(if handler.is_shared() {
-        handler
-    } else {
-        handler.into_shared()
-    })
+/// `handler` as an object (objects.rs): an object or class instance is itself, a map becomes
+/// one. So `this.x = …` and `ws.handler.x = …` change the one handler.
+pub fn handler_object(ctx: &Ctx, handler: Dynamic, what: &str) -> Res<Dynamic> {
+    let type_name = super::convert::script_type_name(&handler);
+    super::objects::to_object(&ctx.objects, handler)
+        .map(Object::into_dynamic)
+        .ok_or_else(|| {
+            api_error(format!(
+                "{what}: the handler must be an object (a map or a class instance), got {type_name}"
+            ))
+        })
 }
 
 /// Does `handler` define callback `name` (as a function property or a class method)?
 pub fn has_callback(ctx: &Ctx, handler: &Dynamic, name: &str) -> bool {
-    let Some(map) = handler.read_lock::<Map>() else {
+    let Some(object) = Object::of(handler) else {
         return false;
     };
-    if map.get(name).is_some_and(|v| v.is::<FnPtr>()) {
+    if object.has_function(name) {
         return true;
     }
-    class_name(&map)
-        .and_then(|c| ctx.classes.borrow().class(&c))
+    object
+        .class()
+        .and_then(|c| ctx.classes.borrow().class(c))
         .is_some_and(|class| class.params(name).is_some())
 }

@@ -11,6 +11,8 @@
 //!   any of its data limits makes it measure whole containers after every change.)
 
 use super::error::api_error;
+use super::objects::Object;
+use super::printing::print;
 use rhai::{
     Array, Blob, Dynamic, Engine, EvalAltResult, INT, ImmutableString, Map, NativeCallContext,
 };
@@ -43,20 +45,6 @@ fn nesting_error(what: &str) -> Box<EvalAltResult> {
     ))
 }
 
-/// `value` printed, unless it is nested too deep to print safely.
-fn printed(value: Dynamic, debug: bool) -> String {
-    if too_deep(&value, MAX_DEPTH) {
-        format!(
-            "[{} nested deeper than {MAX_DEPTH} levels]",
-            super::convert::script_type_name(&value)
-        )
-    } else if debug {
-        format!("{value:?}")
-    } else {
-        value.to_string()
-    }
-}
-
 /// `a == b` for arrays and maps, to a bounded depth; other values are compared by Rhai.
 fn equals(ctx: &NativeCallContext, a: &Dynamic, b: &Dynamic, depth: usize) -> Res<bool> {
     if depth > MAX_DEPTH {
@@ -68,7 +56,10 @@ fn equals(ctx: &NativeCallContext, a: &Dynamic, b: &Dynamic, depth: usize) -> Re
     if let (Some(x), Some(y)) = (a.read_lock::<Map>(), b.read_lock::<Map>()) {
         return maps_equal(ctx, &x, &y, depth);
     }
-    let container = |v: &Dynamic| v.is_array() || v.is_map();
+    if let (Some(x), Some(y)) = (Object::of(a), Object::of(b)) {
+        return Ok(x.ptr_eq(&y));
+    }
+    let container = |v: &Dynamic| v.is_array() || v.is_map() || v.is::<Object>();
     if container(a) || container(b) {
         return Ok(false);
     }
@@ -128,14 +119,17 @@ pub fn register(engine: &mut Engine, max_alloc: usize) {
         maps_equal(&ctx, a, &b, 0).map(|eq| !eq)
     });
     // Printing never fails in Rhai (a failed `to_string` falls back to printing the value
-    // whole, recursively): too deep a value prints as a note instead.
+    // whole, recursively): printing.rs bounds depth and cycles.
     for name in ["to_string", "to_debug", "print", "debug"] {
         let debug = matches!(name, "to_debug" | "debug");
         engine.register_fn(name, move |a: &mut Array| {
-            printed(Dynamic::from_array(a.clone()), debug)
+            print(&Dynamic::from_array(a.clone()), debug)
         });
         engine.register_fn(name, move |m: &mut Map| {
-            printed(Dynamic::from_map(m.clone()), debug)
+            print(&Dynamic::from_map(m.clone()), debug)
+        });
+        engine.register_fn(name, move |o: &mut Object| {
+            print(&o.clone().into_dynamic(), debug)
         });
     }
     engine.register_fn(

@@ -23,8 +23,8 @@ use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 use rhai::{
-    AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, Identifier,
-    ImmutableString, Scope, StmtBlock,
+    AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, FnCallExpr,
+    Identifier, ImmutableString, Scope, StmtBlock,
 };
 
 /// Callbacks kept per file before the list starts over.
@@ -34,6 +34,10 @@ const MAX_RESOLUTIONS: usize = 512;
 
 /// The per-AST state kept between calls.
 pub struct CallCache {
+    /// The file as compiled, its functions with their bodies (rewrite.rs changes copies).
+    code: AST,
+    /// A call `object(x)` to copy (rewrite.rs).
+    object_call: Rc<FnCallExpr>,
     caches: RefCell<rhai::Caches>,
     /// Where the arguments go: kept for its allocations (empty between calls).
     scope: RefCell<Scope<'static>>,
@@ -55,8 +59,8 @@ struct Body {
 
 impl Body {
     /// The body of `name` with `arity` parameters in `ast`: a copy of its statements, found by
-    /// walking a copy of the AST that holds that function alone.
-    fn of(ast: &AST, name: &str, arity: usize) -> Option<Self> {
+    /// walking a copy of the AST that holds that function alone, rewritten (rewrite.rs).
+    fn of(ast: &AST, object_call: &FnCallExpr, name: &str, arity: usize) -> Option<Self> {
         let mut one = ast.clone();
         one.clear_statements();
         one.retain_functions(|_, _, n, params| n == name && params == arity);
@@ -80,7 +84,7 @@ impl Body {
             def.body.start_position(),
             def.body.end_position(),
         );
-        super::native_calls::mark(&mut block, ast);
+        super::rewrite::Rewrite::new(ast, object_call).block(&mut block);
         Some(Self {
             block: Expr::Stmt(Box::new(block)),
             params: def
@@ -139,8 +143,10 @@ impl<T> DerefMut for Kept<'_, T> {
 }
 
 impl CallCache {
-    pub fn new(ast: &AST) -> Self {
+    pub fn new(ast: &AST, code: AST, object_call: Rc<FnCallExpr>) -> Self {
         Self {
+            code,
+            object_call,
             caches: RefCell::new(rhai::Caches::new()),
             scope: RefCell::new(Scope::new()),
             bodies: RefCell::default(),
@@ -148,7 +154,18 @@ impl CallCache {
         }
     }
 
-    fn body(&self, ast: &AST, name: &str, arity: usize) -> Option<Rc<Body>> {
+    /// The file's top level, rewritten (rewrite.rs), to run with `run`'s functions.
+    pub fn top_level(&self, run: &AST) -> AST {
+        let mut statements: Vec<rhai::Stmt> = self.code.statements().to_vec();
+        super::rewrite::Rewrite::new(&self.code, &self.object_call).statements(&mut statements);
+        let mut ast = AST::new(statements, run.shared_lib().clone());
+        if let Some(source) = run.source() {
+            ast.set_source(source);
+        }
+        ast
+    }
+
+    fn body(&self, name: &str, arity: usize) -> Option<Rc<Body>> {
         if let Some((.., body)) = self
             .bodies
             .borrow()
@@ -157,7 +174,7 @@ impl CallCache {
         {
             return body.clone();
         }
-        let body = Body::of(ast, name, arity).map(Rc::new);
+        let body = Body::of(&self.code, &self.object_call, name, arity).map(Rc::new);
         let mut bodies = self.bodies.borrow_mut();
         // A handful of callbacks per file; a script naming callbacks from data (`Fn(text)`)
         // does not grow this without end.
@@ -168,8 +185,10 @@ impl CallCache {
         body
     }
 
-    /// Calls `name(args…)` of `ast` with `this` bound to `this`. `args` must hold as many
-    /// values as the function declares; they are consumed.
+    /// Calls `name(args…)` of the file with `this` bound to `this`; `ast` is what Rhai runs
+    /// the file's code with (its closures). `args` must hold as many values as the function
+    /// declares; they are consumed. `level` is the call depth (1 for a callback), checked
+    /// against Rhai's limit as Rhai checks its own calls.
     pub fn call_method(
         &self,
         engine: &Engine,
@@ -177,20 +196,24 @@ impl CallCache {
         this: &mut Dynamic,
         name: &str,
         args: &mut [Dynamic],
+        level: usize,
     ) -> Result<Dynamic, Box<EvalAltResult>> {
+        if level > engine.max_call_levels() {
+            return Err(EvalAltResult::ErrorStackOverflow(rhai::Position::NONE).into());
+        }
         let mut global = engine.new_global_runtime_state();
         global.source = self.source.clone();
         global.lib.push(ast.shared_lib().clone());
         global.embedded_module_resolver = ast.resolver().cloned();
         // As inside a function: Rhai's call-depth limit counts from here.
-        global.level = 1;
+        global.level = level;
         // A callback that calls back into the same file (a method of a class reaching an
         // instance of its own class) finds these in use: it runs with fresh ones.
         let mut caches = Kept::take(&self.caches, rhai::Caches::new);
         let caches = &mut *caches;
         let mut scope = Kept::take(&self.scope, Scope::new);
         let scope = &mut *scope;
-        let result = match self.body(ast, name, args.len()) {
+        let result = match self.body(name, args.len()) {
             Some(body) => {
                 for (param, value) in body.params.iter().zip(args.iter_mut()) {
                     scope.push_dynamic(param.clone(), std::mem::take(value));

@@ -2,12 +2,15 @@
 //!
 //! `Name.rhai` in the entry script's folder is the class `cs.Name`, compiled on first use.
 //! Each file is kept with the number of parameters of each of its functions, so a callback
-//! declared with fewer parameters (`fn onOpen(ws)`) still gets called. Instances are object
-//! maps carrying their class name under [`CLASS_KEY`].
+//! declared with fewer parameters (`fn onOpen(ws)`) still gets called. Instances are objects
+//! (objects.rs) naming their class.
 //!
-//! Closures are compiled into the file that creates them, but a closure may end up stored in
-//! a handler that another file's code calls. So each file is run with its own functions plus
-//! every closure of every file loaded so far (closure names are unique hashes of their code).
+//! A file's functions are not given to Rhai: call.rs runs them from rewritten copies of their
+//! bodies, and methods.rs decides which function answers a call (a method by the object's
+//! class, whatever file the call is in). What Rhai runs a file's code with holds closures
+//! only: a closure is compiled into the file that creates it, but may end up stored in a
+//! handler that another file's code calls, so every file's code sees every closure loaded so
+//! far (closure names are unique hashes of their code).
 
 use super::error::api_error;
 use std::collections::HashMap;
@@ -19,21 +22,11 @@ use std::sync::Arc;
 
 use crate::watch::Watcher;
 
-use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, NativeCallContext, Scope};
+use rhai::{AST, Dynamic, Engine, Map, NativeCallContext};
 
-use super::objects::share_fields;
 use super::state::Ctx;
 
 use super::error::{ScriptError, Sources, display_name};
-
-/// The property of an instance that names its class.
-pub const CLASS_KEY: &str = "__class";
-
-/// The class an instance names (None for a plain object map).
-pub fn class_name(map: &rhai::Map) -> Option<rhai::ImmutableString> {
-    map.get(CLASS_KEY)
-        .and_then(|c| c.clone().into_immutable_string().ok())
-}
 
 /// One compiled file, ready to call into.
 pub struct Script {
@@ -41,7 +34,8 @@ pub struct Script {
     pub file: String,
     /// The class name for a class file.
     pub class: Option<String>,
-    /// The file's functions plus every closure loaded so far.
+    /// What Rhai runs the file's code with: every closure loaded so far, and the file's
+    /// functions declared for a `this` type (`fn T.name()`, left to Rhai).
     pub ast: AST,
     /// (Looked up by name on every callback: FxHash, not SipHash, as `files`.)
     params: FxHashMap<String, usize>,
@@ -50,14 +44,49 @@ pub struct Script {
 }
 
 impl Script {
-    fn new(file: String, class: Option<String>, ast: AST) -> Self {
+    /// `code` is the file as compiled, `closures` every closure loaded so far.
+    fn new(
+        file: String,
+        class: Option<String>,
+        code: AST,
+        closures: &AST,
+        object_call: Rc<rhai::FnCallExpr>,
+    ) -> Self {
+        let typed: Vec<(String, usize)> = code
+            .iter_fn_def()
+            .filter(|f| f.this_type.is_some())
+            .map(|f| (f.name.to_string(), f.params.len()))
+            .collect();
+        let mut own_typed = code.clone_functions_only();
+        own_typed.retain_functions(|_, _, name, n| typed.iter().any(|(t, k)| t == name && *k == n));
+        let mut ast = closures.merge(&own_typed);
+        ast.set_source(file.as_str());
         Self {
+            params: param_counts(&code),
+            calls: super::call::CallCache::new(&ast, code, object_call),
             file,
             class,
-            params: param_counts(&ast),
-            calls: super::call::CallCache::new(&ast),
             ast,
         }
+    }
+
+    /// Calls function `name` of the file with `this` bound (`()` for none); `args` must hold
+    /// as many values as it declares. `level` is the call depth (1 for a callback).
+    pub fn call(
+        &self,
+        engine: &Engine,
+        this: &mut Dynamic,
+        name: &str,
+        args: &mut [Dynamic],
+        level: usize,
+    ) -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+        self.calls
+            .call_method(engine, &self.ast, this, name, args, level)
+    }
+
+    /// The file's top level, rewritten (rewrite.rs), ready to run with the file's closures.
+    pub fn top_level(&self) -> AST {
+        self.calls.top_level(&self.ast)
     }
 
     /// The number of parameters of function `name`, if the file has it.
@@ -107,6 +136,8 @@ pub struct ClassStore {
     /// Loaded files by canonical path, for reloads.
     paths: HashMap<PathBuf, String>,
     watcher: Option<Arc<Watcher>>,
+    /// A call `object(x)`, for rewrite.rs.
+    object_call: Rc<rhai::FnCallExpr>,
 }
 
 /// What a reload of one file did.
@@ -136,10 +167,11 @@ impl ClassStore {
             entry: None,
             closures: AST::empty(),
             closure_files: FxHashMap::default(),
+            object_call: Rc::new(super::rewrite::object_call()),
         }
     }
 
-    /// Compiles the entry script; returns its AST for the top-level run.
+    /// Compiles the entry script; returns its top level to run.
     pub fn load_entry(
         &mut self,
         engine: &Engine,
@@ -152,6 +184,7 @@ impl ClassStore {
     }
 
     /// Compiles another script (`run_script` in tests); its classes come from its folder.
+    /// Returns its top level to run.
     pub fn load_script(
         &mut self,
         engine: &Engine,
@@ -163,8 +196,7 @@ impl ClassStore {
         log_callback_warnings(&ast, &file, false, sources);
         self.track(path, &file);
         self.dirs.insert(file.clone(), parent_dir(path));
-        self.add(file, None, ast.clone());
-        Ok(ast)
+        Ok(self.add(file, None, ast).top_level())
     }
 
     /// The class `name`, compiled on first use from `name.rhai` in the folder of `from` (the
@@ -200,6 +232,11 @@ impl ClassStore {
 
     pub fn class(&self, name: &str) -> Option<Rc<Script>> {
         let file = self.classes.get(name)?;
+        self.files.get(file).map(|c| c.script.clone())
+    }
+
+    /// The script of `file`, if loaded.
+    pub fn file(&self, file: &str) -> Option<Rc<Script>> {
         self.files.get(file).map(|c| c.script.clone())
     }
 
@@ -271,10 +308,12 @@ impl ClassStore {
             .cloned()
             .collect();
         removed.sort();
-        self.add(file.clone(), class.clone(), ast.clone());
+        let script = self.add(file.clone(), class.clone(), ast);
         Ok(match class {
             Some(name) => Reloaded::Class { name, removed },
-            None if self.entry.as_deref() == Some(file.as_str()) => Reloaded::Entry(ast),
+            None if self.entry.as_deref() == Some(file.as_str()) => {
+                Reloaded::Entry(script.top_level())
+            }
             None => Reloaded::Script,
         })
     }
@@ -291,19 +330,30 @@ impl ClassStore {
                 .or_insert_with(|| file.clone());
         }
         self.closures = self.closures.merge(&new_closures);
+        let placeholder = Rc::new(Script::new(
+            String::new(),
+            None,
+            AST::empty(),
+            &AST::empty(),
+            self.object_call.clone(),
+        ));
         self.files.insert(
             file.clone(),
             Compiled {
                 class,
                 ast,
-                script: Rc::new(Script::new(String::new(), None, AST::empty())),
+                script: placeholder,
             },
         );
         // Every file now sees the new closures too.
         for (name, compiled) in self.files.iter_mut() {
-            let mut ast = compiled.ast.merge(&self.closures);
-            ast.set_source(name.as_str());
-            compiled.script = Rc::new(Script::new(name.clone(), compiled.class.clone(), ast));
+            compiled.script = Rc::new(Script::new(
+                name.clone(),
+                compiled.class.clone(),
+                compiled.ast.clone(),
+                &self.closures,
+                self.object_call.clone(),
+            ));
         }
         self.files[&file].script.clone()
     }
@@ -406,57 +456,6 @@ pub struct ClassRef {
 pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_type_with_name::<ClassStoreRef>("ClassStore");
     engine.register_type_with_name::<ClassRef>("Class");
-    // What a file does not define itself: a method of the instance's own class (`room.join(ws)`
-    // from another class or the entry script), or a function of the entry script (shared
-    // helpers, as 4D's project methods). A class's own function of the same name wins: Rhai
-    // only asks here when the calling file has none.
-    let c = ctx.clone();
-    #[allow(deprecated)] // "volatile", not deprecated: the documented hook for this
-    engine.on_missing_function(move |name, args, is_method, ectx| {
-        let engine = ectx.engine();
-        if is_method
-            && let Some((this, rest)) = args.split_first_mut()
-            && let Some(class) = this
-                .read_lock::<Map>()
-                .and_then(|m| class_name(&m))
-                .and_then(|n| c.classes.borrow().class(&n))
-            && class.params(name) == Some(rest.len())
-        {
-            let rest: Vec<Dynamic> = rest.iter().map(|a| (**a).clone()).collect();
-            share_fields(this);
-            let current = this.clone();
-            let options = CallFnOptions::new().eval_ast(false).bind_this_ptr(this);
-            return c
-                .this
-                .with(&current, || {
-                    engine.call_fn_with_options::<Dynamic>(
-                        options,
-                        &mut Scope::new(),
-                        &class.ast,
-                        name,
-                        rest,
-                    )
-                })
-                .map(Some);
-        }
-        let entry = c.classes.borrow().file_or_entry(None);
-        match entry {
-            Some(entry) if entry.params(name) == Some(args.len()) => {
-                let args: Vec<Dynamic> = args.iter().map(|a| (**a).clone()).collect();
-                let options = CallFnOptions::new().eval_ast(false);
-                engine
-                    .call_fn_with_options::<Dynamic>(
-                        options,
-                        &mut Scope::new(),
-                        &entry.ast,
-                        name,
-                        args,
-                    )
-                    .map(Some)
-            }
-            _ => Ok(None),
-        }
-    });
     let c = ctx.clone();
     engine.register_indexer_get(
         move |ncc: NativeCallContext, _: &mut ClassStoreRef, name: &str| -> Res<ClassRef> {
@@ -501,7 +500,8 @@ fn ref_name(c: &ClassRef) -> String {
 /// The most arguments `cs.Name.new(…)` takes.
 const MAX_CONSTRUCTOR_ARGS: usize = 16;
 
-/// A new instance of a class: an object map naming its class, built by `constructor`.
+/// A new instance of a class: an object naming its class, built by `constructor`, which takes
+/// exactly the arguments it declares.
 fn instantiate(
     ncc: &NativeCallContext,
     ctx: &Ctx,
@@ -510,32 +510,34 @@ fn instantiate(
 ) -> Res<Dynamic> {
     let class = &c.class;
     let name = ref_name(c);
-    let mut map = Map::new();
-    map.insert(CLASS_KEY.into(), name.clone().into());
-    let mut this = Dynamic::from_map(map).into_shared();
-    if let Some(n) = class.params("constructor") {
-        if args.len() > n {
+    let object = ctx.objects.make(Some(name.as_str().into()), Map::new());
+    let mut this = object.into_dynamic();
+    match class.params("constructor") {
+        Some(n) if n != args.len() => {
             return Err(api_error(format!(
                 "cs.{name}.new: the constructor takes {n} argument(s), got {}",
                 args.len()
             )));
         }
-        args.resize(n, Dynamic::UNIT);
-        let current = this.clone();
-        let options = CallFnOptions::new()
-            .eval_ast(false)
-            .bind_this_ptr(&mut this);
-        let _ = ctx.this.with(&current, || {
-            ncc.engine().call_fn_with_options::<Dynamic>(
-                options,
-                &mut Scope::new(),
-                &class.ast,
-                "constructor",
-                args,
-            )
-        })?;
+        Some(_) => {
+            let level = ncc.call_level() + 1;
+            let current = this.clone();
+            let _ = ctx
+                .this
+                .with(&current, || {
+                    class.call(ncc.engine(), &mut this, "constructor", &mut args, level)
+                })
+                .map_err(|e| {
+                    super::methods::in_function(e, &format!("{name}.constructor"), class)
+                })?;
+        }
+        None if !args.is_empty() => {
+            return Err(api_error(format!(
+                "cs.{name}.new: {name} has no constructor, so it takes no arguments, got {}",
+                args.len()
+            )));
+        }
+        None => {}
     }
-    // Copies of the instance (`let`, arguments, properties of other objects) share its fields.
-    share_fields(&mut this);
     Ok(this)
 }

@@ -7,9 +7,10 @@ use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext};
 
-use super::api::share_handler;
+use super::api::handler_object;
 use super::connection::register_socket;
 use super::convert::DataType;
+use super::objects::Object;
 use super::server::bad_option;
 use super::state::{Ctx, Side};
 use crate::event::{ConnectionHandle, Status};
@@ -21,10 +22,13 @@ type Res<T> = Result<T, Box<EvalAltResult>>;
 #[derive(Clone)]
 pub struct ClientClass;
 
-/// A client `WebSocket` as scripts hold it.
+/// A client `WebSocket` as scripts hold it: the handle, and what 4D says it keeps for its
+/// whole life, after it closes too: the URL given to `new` and the handler.
 #[derive(Clone)]
 pub struct ClientObj {
     pub handle: ConnectionHandle,
+    pub url: ImmutableString,
+    pub handler: Dynamic,
 }
 pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     engine.register_type_with_name::<ClientClass>("WebSocketClass");
@@ -45,19 +49,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
               handler: Dynamic| { new_client(&c, &ncc, &url, Some(handler)) },
     );
     engine.register_fn("to_string", |_: &mut ClientClass| "WebSocket".to_string());
-    let cx = ctx.clone();
-    engine.register_get("url", move |c: &mut ClientObj| {
-        match cx
-            .registry
-            .borrow()
-            .conns
-            .get(&c.handle.id())
-            .map(|e| &e.side)
-        {
-            Some(Side::Client { url }) => url.clone(),
-            _ => String::new(),
-        }
-    });
+    engine.register_get("url", |c: &mut ClientObj| c.url.clone());
     let cx = ctx.clone();
     engine.register_get("dataType", move |c: &mut ClientObj| {
         cx.registry
@@ -143,14 +135,13 @@ fn new_client(
 ) -> Res<ClientObj> {
     check_url(url)?;
     let handler = match handler {
-        None => Dynamic::from_map(Map::new()).into_shared(),
-        Some(h) if h.is_unit() => Dynamic::from_map(Map::new()).into_shared(),
-        Some(h) => share_handler(h, "WebSocket.new")?,
+        Some(h) if !h.is_unit() => handler_object(ctx, h, "WebSocket.new")?,
+        _ => ctx.objects.make(None, Map::new()).into_dynamic(),
     };
     let (headers, data_type) = {
-        let map = handler
-            .read_lock::<Map>()
-            .expect("share_handler checked a map");
+        let map = Object::of(&handler)
+            .expect("handler_object made an object")
+            .fields();
         let data_type = match map.get("dataType") {
             None => DataType::Text,
             Some(v) if v.is_unit() => DataType::Text,
@@ -163,6 +154,7 @@ fn new_client(
         };
         (client_headers(&map)?, data_type)
     };
+    let handler_value = handler.clone();
     let config = ctx.net.config();
     let port = ConnectionHandle::channel(Status::Connecting, config);
     let handle = port.handle.clone();
@@ -174,14 +166,20 @@ fn new_client(
             side: Side::Client {
                 url: url.to_string(),
             },
-            handler,
+            handler: handler.clone(),
             home: ncc.call_source().map(Rc::from),
             data_type,
             opened: false,
             spare_ws: None,
+            stopped: false,
         },
     );
     tracing::debug!("client {} connecting to {url}", handle.id());
+    let client = ClientObj {
+        handle: handle.clone(),
+        url: url.into(),
+        handler: handler_value,
+    };
     ctx.net.connect(
         ClientRequest {
             url: url.to_string(),
@@ -191,5 +189,5 @@ fn new_client(
         ctx.events.clone(),
         ctx.event_loop.handle(),
     );
-    Ok(ClientObj { handle })
+    Ok(client)
 }

@@ -32,8 +32,10 @@ pub fn conn_obj(e: &ConnEntry, server: ServerId) -> ConnObj {
 pub fn conn_value(e: &ConnEntry) -> Dynamic {
     match &e.side {
         Side::Server(server) => Dynamic::from(conn_obj(e, *server)),
-        Side::Client { .. } => Dynamic::from(ClientObj {
+        Side::Client { url } => Dynamic::from(ClientObj {
             handle: e.handle.clone(),
+            url: url.as_str().into(),
+            handler: e.handler.clone(),
         }),
     }
 }
@@ -61,6 +63,10 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
 /// `WebSocket`. Both are a handle (id + sender) underneath.
 pub(super) trait Socket: Clone + 'static {
     fn handle(&self) -> &ConnectionHandle;
+    /// The handler it keeps itself (a client keeps it after it closes).
+    fn own_handler(&self) -> Option<&Dynamic> {
+        None
+    }
 }
 
 impl Socket for ConnObj {
@@ -72,6 +78,9 @@ impl Socket for ConnObj {
 impl Socket for ClientObj {
     fn handle(&self) -> &ConnectionHandle {
         &self.handle
+    }
+    fn own_handler(&self) -> Option<&Dynamic> {
+        Some(&self.handler)
     }
 }
 
@@ -88,6 +97,9 @@ pub(super) fn register_socket<T: Socket>(
     });
     let cx = ctx.clone();
     engine.register_get("handler", move |c: &mut T| {
+        if let Some(h) = c.own_handler() {
+            return h.clone();
+        }
         cx.registry
             .borrow()
             .conns

@@ -122,6 +122,11 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, Box<rhai::EvalAltResu
             "cannot send (): give a string, a Blob, an object or an array",
         ));
     }
+    if super::objects::holds_object(value, super::bounds::MAX_DEPTH) {
+        let data = super::objects::to_data(value, 0, &mut Vec::new())
+            .map_err(|e| api_error(format!("cannot send this value as JSON: {e}")))?;
+        return data_to_payload(&data);
+    }
     if super::bounds::too_deep(value, super::bounds::MAX_DEPTH) {
         return Err(api_error(format!(
             "cannot send arrays or maps nested deeper than {} levels as JSON",
@@ -171,6 +176,9 @@ pub fn script_type_name(value: &Dynamic) -> &'static str {
     }
     if value.is_fnptr() {
         return "Fn";
+    }
+    if value.is::<super::objects::Object>() {
+        return "object";
     }
     if value.is::<super::connection::ConnObj>() {
         return "WebSocketConnection";

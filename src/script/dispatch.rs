@@ -9,14 +9,13 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use rhai::{Dynamic, Engine, FnPtr, Map};
+use rhai::{Dynamic, Engine, Map};
 
-use super::api::{has_callback, share_handler};
-use super::classes::class_name;
+use super::api::{handler_object, has_callback};
 use super::connection::conn_value;
 use super::convert::{DataType, forget_last_sent, payload_to_data};
 use super::error::ScriptError;
-use super::objects::share_new_fields;
+use super::objects::Object;
 use super::server::ServerObj;
 use super::spares;
 use super::state::{ConnEntry, Ctx, Side};
@@ -57,6 +56,7 @@ impl Dispatch<'_> {
         self.run_due_timers();
         self.finish_stopped_servers();
         self.check_state_memory();
+        super::collect::collect_if_due(self.ctx);
         true
     }
 
@@ -65,6 +65,7 @@ impl Dispatch<'_> {
         self.handle(event);
         self.finish_stopped_servers();
         self.check_state_memory();
+        super::collect::collect_if_due(self.ctx);
         if !self.ctx.registry.borrow().alive() {
             // Nothing left: the loop's wait ends, and with it the worker.
             self.ctx.event_loop.wake();
@@ -119,7 +120,7 @@ impl Dispatch<'_> {
                     .get(&conn)
                     .is_some_and(|e| e.opened || matches!(e.side, Side::Client { .. }));
                 if reported {
-                    self.call_conn(conn, "onError", error_event(kind, &message, None));
+                    self.report_error(conn, error_event(kind, &message, None));
                 }
             }
             Event::Closed {
@@ -254,7 +255,7 @@ impl Dispatch<'_> {
         handler: Dynamic,
         home: Option<Rc<str>>,
     ) -> Result<(), ScriptError> {
-        let handler = share_handler(handler, "onConnection")
+        let handler = handler_object(self.ctx, handler, "onConnection")
             .map_err(|e| ScriptError::plain(&self.ctx.entry_name, e.to_string()))?;
         if !has_callback(self.ctx, &handler, "onMessage") {
             return Err(ScriptError::plain(
@@ -278,6 +279,7 @@ impl Dispatch<'_> {
                 data_type,
                 opened: false,
                 spare_ws: None,
+                stopped: false,
             },
         );
         if let Some(s) = reg.servers.get_mut(&server) {
@@ -292,6 +294,10 @@ impl Dispatch<'_> {
             let Some(entry) = reg.conns.get_mut(&conn) else {
                 return;
             };
+            if entry.stopped {
+                entry.handle.message_done();
+                return;
+            }
             let ws = spares::take_ws(entry);
             (
                 entry.handle.clone(),
@@ -313,7 +319,7 @@ impl Dispatch<'_> {
                 let message = format!("invalid JSON: {}", bad.error);
                 tracing::info!(conn, "connection {conn}: {message}");
                 let event = error_event(ErrorKind::Json, &message, Some(bad.text.into()));
-                self.call_conn(conn, "onError", event);
+                self.report_error(conn, event);
             }
         }
         handle.message_done();
@@ -406,27 +412,64 @@ impl Dispatch<'_> {
             "{err} (connection {conn}, {name}){}",
             err.snippet()
         );
-        // (Looked up again: the callback may have closed it.)
-        let ws = self.ctx.registry.borrow().conns.get(&conn).map(conn_value);
-        if let (true, Some(ws)) = (name != "onError", ws) {
-            let event = error_event(err.kind(), &err.to_string(), None);
-            if let Some(Err(e2)) = self.invoke(
-                &handler,
-                home,
-                "onError",
-                vec![ws, Dynamic::from_map(event)],
-            ) {
-                tracing::error!(
-                    conn,
-                    callback = "onError",
-                    location = %e2.location(),
-                    path = self.conn_path(conn).as_deref(),
-                    "{e2} (connection {conn}, onError){}",
-                    e2.snippet()
-                );
-            }
+        if name == "onError" {
+            self.stop_client(conn);
+        } else {
+            self.report_error(conn, error_event(err.kind(), &err.to_string(), None));
         }
         args
+    }
+
+    /// Hands an error to the connection's `onError`. A client's processing stops there, as
+    /// 4D's does: one `onError` at most, then the connection closes (1011) and `onTerminate`
+    /// runs; a server-side connection stays open.
+    fn report_error(&self, conn: ConnId, event: Map) {
+        let (client, stopped) = {
+            let reg = self.ctx.registry.borrow();
+            let Some(e) = reg.conns.get(&conn) else {
+                return;
+            };
+            (matches!(e.side, Side::Client { .. }), e.stopped)
+        };
+        if stopped {
+            return;
+        }
+        if client && let Some(e) = self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
+            e.stopped = true;
+        }
+        let target = self.ctx.registry.borrow().conns.get(&conn).map(Target::of);
+        if let Some(Target { ws, handler, home }) = target
+            && let Some(Err(e2)) = self.invoke(
+                &handler,
+                home.as_deref(),
+                "onError",
+                vec![ws, Dynamic::from_map(event)],
+            )
+        {
+            tracing::error!(
+                conn,
+                callback = "onError",
+                location = %e2.location(),
+                path = self.conn_path(conn).as_deref(),
+                "{e2} (connection {conn}, onError){}",
+                e2.snippet()
+            );
+        }
+        if client {
+            self.stop_client(conn);
+        }
+    }
+
+    /// Ends a client's processing after an error: nothing more reaches its callbacks but
+    /// `onTerminate`.
+    fn stop_client(&self, conn: ConnId) {
+        let mut reg = self.ctx.registry.borrow_mut();
+        if let Some(e) = reg.conns.get_mut(&conn)
+            && matches!(e.side, Side::Client { .. })
+        {
+            e.stopped = true;
+            e.handle.close(1011, "script error".into());
+        }
     }
 
     /// Calls server callback `name`; a failure is logged and goes to the server's `onError`.
@@ -518,11 +561,11 @@ impl Dispatch<'_> {
 
     /// The class file of a class instance.
     pub fn class_file(&self, handler: &Dynamic) -> Option<Rc<str>> {
-        let class = class_name(&*handler.read_lock::<Map>()?)?;
+        let object = Object::of(handler)?;
         self.ctx
             .classes
             .borrow()
-            .class(&class)
+            .class(object.class()?)
             .map(|c| Rc::from(c.file.as_str()))
     }
 
@@ -551,11 +594,11 @@ impl Dispatch<'_> {
         args: &mut [Dynamic],
     ) -> Option<Result<Dynamic, ScriptError>> {
         let (fn_ptr, class) = {
-            let map = handler.read_lock::<Map>()?;
-            let fn_ptr = map
-                .get(name)
-                .and_then(|v| v.read_lock::<FnPtr>().map(|f| f.clone()));
-            let class = class_name(&map).and_then(|c| self.ctx.classes.borrow().class(&c));
+            let object = Object::of(handler)?;
+            let fn_ptr = object.function(name);
+            let class = object
+                .class()
+                .and_then(|c| self.ctx.classes.borrow().class(c));
             (fn_ptr, class)
         };
         let script = match (&fn_ptr, class) {
@@ -618,17 +661,12 @@ impl Dispatch<'_> {
             (None, None) => unreachable!("a callback is named or a function pointer"),
         };
         self.ctx.deadline.start(&self.ctx.budget);
-        let result =
-            script
-                .calls
-                .call_method(self.engine, &script.ast, &mut this, fn_name, &mut call);
+        let result = script.call(self.engine, &mut this, fn_name, &mut call, 1);
         // What the call left of `args`, back to the caller.
         for (slot, value) in args.iter_mut().zip(call.into_iter().skip(first)) {
             *slot = value;
         }
         self.ctx.this.pop();
-        // Fields the callback added are the object's too, whoever else holds it.
-        share_new_fields(handler);
         let elapsed = started.map(|started| started.elapsed());
         let kept = self.ctx.deadline.clear();
         self.ctx.memory.callback_kept(kept);

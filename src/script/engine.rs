@@ -103,6 +103,11 @@ impl Deadline {
         });
     }
 
+    /// True when no script code runs (no callback, top level or test).
+    pub fn idle(&self) -> bool {
+        self.stack.borrow().is_empty()
+    }
+
     /// True if the host asked the innermost running callback to stop.
     fn interrupted(&self) -> bool {
         let epoch = self.interrupt.epoch();

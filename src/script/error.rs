@@ -9,6 +9,31 @@ use std::path::{Path, PathBuf};
 
 use rhai::{EvalAltResult, ParseError, Position};
 
+thread_local! {
+    /// Why the last call that no function answered was not answered (methods.rs): a class
+    /// without that method, a wrong number of arguments. Rhai raises its own "function not
+    /// found" error for it, with the position the hook that knows why is not given; the error
+    /// takes this explanation when it is shown. One per worker thread, as Rhai's error is.
+    static NOT_FOUND: std::cell::RefCell<Option<(String, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Explains the "function not found" error Rhai is about to raise for function `name`.
+pub fn explain_not_found(name: &str, message: String) {
+    NOT_FOUND.with(|n| *n.borrow_mut() = Some((name.to_string(), message)));
+}
+
+/// The explanation of a "function not found" error whose signature is `signature` (`name
+/// (types…)`), if the last one explained was about that function.
+fn not_found_message(signature: &str) -> Option<String> {
+    NOT_FOUND.with(|n| {
+        let n = n.borrow();
+        let (name, message) = n.as_ref()?;
+        let rest = signature.strip_prefix(name.as_str())?;
+        (rest.is_empty() || rest.starts_with(' ')).then(|| message.clone())
+    })
+}
+
 /// Source texts by the name given to `AST::set_source`, kept to quote the failing line.
 #[derive(Default)]
 pub struct Sources {
@@ -88,6 +113,11 @@ impl ScriptError {
                 called through it runs (`a.items.x.method()` holds `a.items` until it returns): \
                 take the object in a variable first (`let x = a.items.x; x.method()`)"
                 .into(),
+            EvalAltResult::ErrorFunctionNotFound(signature, _)
+                if not_found_message(signature).is_some() =>
+            {
+                not_found_message(signature).unwrap_or_default()
+            }
             EvalAltResult::ErrorRuntime(v, _) => match v.clone().into_string() {
                 Ok(s) => s,
                 Err(_) if api_message(v).is_some() => api_message(v).unwrap_or_default(),

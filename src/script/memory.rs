@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use super::dispatch::{Dispatch, error_event};
+use super::objects::Object;
 use crate::event::{ConnId, ErrorKind, ServerId};
 
 /// Bytes that `value` holds, estimated: strings, arrays, blobs and maps and what they hold,
@@ -50,6 +51,17 @@ fn size(value: &Dynamic, depth: usize, seen: &mut FxHashSet<usize>) -> usize {
         {
             return SLOT;
         }
+    }
+    if let Some(object) = Object::of(value) {
+        if !seen.insert(object.address()) {
+            return SLOT;
+        }
+        return SLOT
+            + object.with_fields(|m| {
+                m.iter()
+                    .map(|(k, v)| 2 * SLOT + k.len() + size(v, depth + 1, seen))
+                    .sum::<usize>()
+            });
     }
     if let Ok(s) = value.as_immutable_string_ref() {
         return SLOT + s.len();

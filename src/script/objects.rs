@@ -1,107 +1,214 @@
-//! Objects by reference, as in 4D and JavaScript (SPEC 5): a handler or a class instance is one
-//! object however many names it has.
+//! Objects as 4D and JavaScript have them: a class instance or a handler is one object,
+//! wherever it is held (README, "Objects").
 //!
-//! Rhai copies an object map whenever it is bound with `let`, passed as an argument or stored
-//! in another map; a shared value is copied too (`let` flattens it). What survives a copy is a
-//! shared value *inside* the map: the copy holds the same cell. So an object's fields are
-//! made shared cells, and every copy of the object reads and writes the same fields. This
-//! module says when that happens, and which object a closure made in a method sees as `this`.
-//! It must not touch maps that are plain data (an event, a message): only maps that look like
-//! objects, those with a function property or a class.
+//! Rhai copies a map whenever it is bound, passed or stored, so an object is not a map: it is
+//! an [`Object`], a reference (an `Rc`) to its fields and its class. Copying it copies the
+//! reference. Scripts read and write its fields through Rhai's indexer (`obj.name` falls back
+//! to `obj["name"]` for a type without a getter); the methods of its class are found by
+//! `methods.rs`.
+//!
+//! A field that holds an array, a map or a Blob is kept in a shared cell, so that
+//! `this.log.push(x)` changes the one log in place (Rhai hands the cell out and writes it back
+//! unchanged) instead of copying it out and back. Storing a value from elsewhere copies it:
+//! plain data stays a value, as Rhai has it (`this.a = this.b` then `this.a.push(1)` leaves
+//! `this.b` as it was).
 
 use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 
-use rhai::{Dynamic, Engine, Map};
+use rhai::{Dynamic, FnPtr, ImmutableString, Map};
 
-use super::classes::CLASS_KEY;
+/// An object: its class (None for a handler written as a `#{…}` literal) and its fields.
+#[derive(Clone)]
+pub struct Object(Rc<Data>);
 
-/// After a callback of `handler` (a shared value, as handlers are): the fields it added are
-/// shared too.
-///
-/// On every message, so the map's tag (Rhai's free per-value number) keeps its field count
-/// as of the last look: a callback that added no field costs a count, not a walk. (A callback
-/// that removed one field and added another is caught at the next change of the count.)
-pub fn share_new_fields(handler: &Dynamic) {
-    let Some(inner) = handler.read_lock::<Dynamic>() else {
-        return;
-    };
-    let Ok(len) = inner
-        .as_map_ref()
-        .map(|m| i32::try_from(m.len()).unwrap_or(i32::MAX))
-    else {
-        return;
-    };
-    if inner.tag() == len {
-        return;
+pub struct Data {
+    class: Option<ImmutableString>,
+    fields: RefCell<Map>,
+}
+
+impl Object {
+    /// A new object of `class` with `fields` (stored as [`Object::set`] stores them).
+    pub fn new(class: Option<ImmutableString>, fields: Map) -> Self {
+        let fields = fields
+            .into_iter()
+            .map(|(k, v)| (k, stored(v)))
+            .collect::<Map>();
+        Self(Rc::new(Data {
+            class,
+            fields: RefCell::new(fields),
+        }))
     }
-    drop(inner);
-    let mut handler = handler.clone();
-    share_fields(&mut handler);
-    if let Some(mut inner) = handler.write_lock::<Dynamic>() {
-        inner.set_tag(len);
+
+    /// The object `value` holds (directly or in a shared cell), if it holds one.
+    pub fn of(value: &Dynamic) -> Option<Self> {
+        value.read_lock::<Object>().map(|o| o.clone())
+    }
+
+    /// Its class name (`Room` for `cs.Room.new()`), None for an object written as a literal.
+    pub fn class(&self) -> Option<&ImmutableString> {
+        self.0.class.as_ref()
+    }
+
+    /// Field `name`, `()` when it has none.
+    pub fn get(&self, name: &str) -> Dynamic {
+        self.0
+            .fields
+            .borrow()
+            .get(name)
+            .cloned()
+            .unwrap_or(Dynamic::UNIT)
+    }
+
+    /// Sets field `name`. The value Rhai writes back after changing a field in place (the same
+    /// cell it handed out) is left as it is; any other value is stored as a copy.
+    pub fn set(&self, name: &str, value: Dynamic) {
+        let mut fields = self.0.fields.borrow_mut();
+        if value.is_shared()
+            && let Some(current) = fields.get(name)
+            && same_cell(current, &value)
+        {
+            return;
+        }
+        let value = stored(value.flatten());
+        fields.insert(name.into(), value);
+    }
+
+    /// Removes field `name`; returns its value (`()` when it had none).
+    pub fn remove(&self, name: &str) -> Dynamic {
+        self.0
+            .fields
+            .borrow_mut()
+            .remove(name)
+            .map_or(Dynamic::UNIT, Dynamic::flatten)
+    }
+
+    /// The function field `name` holds, if it holds one.
+    pub fn function(&self, name: &str) -> Option<FnPtr> {
+        let fields = self.0.fields.borrow();
+        let value = fields.get(name)?;
+        value.read_lock::<FnPtr>().map(|f| f.clone())
+    }
+
+    /// True if field `name` holds a function.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.0
+            .fields
+            .borrow()
+            .get(name)
+            .is_some_and(Dynamic::is_fnptr)
+    }
+
+    /// Runs `f` on the fields (read-only: `f` must not reach this object's fields again).
+    pub fn with_fields<T>(&self, f: impl FnOnce(&Map) -> T) -> T {
+        f(&self.0.fields.borrow())
+    }
+
+    /// The fields, copied (their cells shared): for iteration while scripts may run.
+    pub fn fields(&self) -> Map {
+        self.0.fields.borrow().clone()
+    }
+
+    /// Replaces every field (hot reload of a handler written as a literal).
+    pub fn replace_fields(&self, fields: Map) {
+        let fields = fields.into_iter().map(|(k, v)| (k, stored(v))).collect();
+        let old = std::mem::replace(&mut *self.0.fields.borrow_mut(), fields);
+        // Dropped after the borrow ends: a dropped value may reach this object.
+        drop(old);
+    }
+
+    /// Empties the object (the collector breaking a cycle nobody reaches).
+    pub fn clear(&self) {
+        let old = std::mem::take(&mut *self.0.fields.borrow_mut());
+        drop(old);
+    }
+
+    /// The same object (4D's and JavaScript's `===` on objects).
+    pub fn ptr_eq(&self, other: &Object) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// A number naming this object while it lives (cycle detection, the collector).
+    pub fn address(&self) -> usize {
+        Rc::as_ptr(&self.0) as usize
+    }
+
+    pub fn downgrade(&self) -> Weak<Data> {
+        Rc::downgrade(&self.0)
+    }
+
+    pub fn upgrade(weak: &Weak<Data>) -> Option<Self> {
+        weak.upgrade().map(Self)
+    }
+
+    /// How many holders it has (the collector).
+    pub fn holders(&self) -> usize {
+        Rc::strong_count(&self.0)
+    }
+
+    /// The object as a script value.
+    pub fn into_dynamic(self) -> Dynamic {
+        Dynamic::from(self)
     }
 }
 
-/// The handler's map was replaced (reload.rs): its fields are to be looked at again.
-pub fn forget_fields_seen(handler: &Dynamic) {
-    if let Some(mut inner) = handler.clone().write_lock::<Dynamic>() {
-        inner.set_tag(-1);
+/// How a field keeps `value`: containers in a cell of their own (changed in place), the rest
+/// as they are.
+fn stored(value: Dynamic) -> Dynamic {
+    if value.is_shared() {
+        return stored(value.flatten());
+    }
+    if value.is_array() || value.is_map() || value.is_blob() {
+        value.into_shared()
+    } else {
+        value
     }
 }
 
-/// Makes the fields of object `value` shared cells, so that copies of it share them. Plain
-/// data maps and non-maps are left alone; functions and the class name are never changed.
-///
-/// On the path of every message (each variable read, each callback): the checks come
-/// cheapest first, and a map whose fields are all shared already is only read.
-pub fn share_fields(value: &mut Dynamic) {
-    // (Discriminant checks: most values read are not maps.)
-    if !(value.is_map() || value.is_shared() && !value.is_locked()) {
-        return;
+/// True if `a` and `b` are the same shared cell (its contents' address names it).
+fn same_cell(a: &Dynamic, b: &Dynamic) -> bool {
+    if !a.is_shared() {
+        return false;
     }
-    let Some(mut map) = value.write_lock::<Map>() else {
-        return;
-    };
-    if needs_sharing(&map) {
-        for (key, field) in map.iter_mut() {
-            if !field.is_shared() && !field.is_fnptr() && key.as_str() != CLASS_KEY {
-                *field = std::mem::take(field).into_shared();
-            }
+    match (a.read_lock::<Dynamic>(), b.read_lock::<Dynamic>()) {
+        (Some(x), Some(y)) => std::ptr::eq(&*x, &*y),
+        // One is being written now: only the cell Rhai handed out can be.
+        _ => true,
+    }
+}
+
+/// A handler given as a map (`WebSocketServer.new(h)` with `h` built field by field) as an
+/// object. A closure of the map that captured the variable the map came from (`let h = #{};
+/// h.onMessage = |ws, e| h.count += 1`, the JavaScript habit) sees the object from now on: the
+/// captured variable is made to hold it, so `h` in the closure and the handler are one object.
+pub fn from_map(table: &Table, map: Map) -> Object {
+    let keys: Vec<ImmutableString> = map.keys().map(|k| k.as_str().into()).collect();
+    let captured: Vec<Dynamic> = map
+        .values()
+        .filter_map(|v| v.read_lock::<FnPtr>().map(|f| f.clone()))
+        .flat_map(|f| f.iter_curry().cloned().collect::<Vec<_>>())
+        .filter(Dynamic::is_shared)
+        .collect();
+    let object = table.make(None, map);
+    for mut cell in captured {
+        let same = cell.read_lock::<Map>().is_some_and(|m| {
+            m.len() == keys.len() && keys.iter().all(|k| m.contains_key(k.as_str()))
+        });
+        if same && let Some(mut inner) = cell.write_lock::<Dynamic>() {
+            *inner = object.clone().into_dynamic();
         }
     }
+    object
 }
 
-/// An object (a class instance or a handler: it has a class or a function property, unlike
-/// data) with a field that is not shared yet.
-fn needs_sharing(map: &Map) -> bool {
-    let (mut object, mut pending) = (false, false);
-    for (key, field) in map.iter() {
-        if field.is_fnptr() || key.as_str() == CLASS_KEY {
-            object = true;
-        } else if !field.is_shared() {
-            pending = true;
-        }
+/// `value` as an object: an object is itself, a map becomes one ([`from_map`]); anything
+/// else is not an object.
+pub fn to_object(table: &Table, value: Dynamic) -> Option<Object> {
+    if let Some(o) = Object::of(&value) {
+        return Some(o);
     }
-    object && pending
-}
-
-/// Reading a variable that holds an object shares its fields first, so that where it goes
-/// next (`WebSocketServer.new(h)`, `let alias = h`, `this.rooms[n] = room`) is the same
-/// object as the variable.
-///
-/// Only on the engine that runs top-level code (the entry script's top level and tests,
-/// worker.rs), where handlers are made and kept in variables. Rhai calls this hook on every
-/// variable read, at about 95 instructions each even when it does nothing (callgrind), which
-/// callbacks do without: instances, handlers and copies of them (`let me = this`, `let room =
-/// this.rooms[n]`) share their fields anyway.
-pub fn register(engine: &mut Engine) {
-    #[allow(deprecated)] // "volatile", not deprecated: the documented hook for this
-    engine.on_var(|name, _index, mut ctx| {
-        if let Some(value) = ctx.scope_mut().get_mut(name) {
-            share_fields(value);
-        }
-        Ok(None)
-    });
+    let map = value.flatten().try_cast::<Map>()?;
+    Some(from_map(table, map))
 }
 
 /// The object whose method or callback runs now: what a closure made there sees as `this`
@@ -131,4 +238,204 @@ impl ThisStack {
     pub fn pop(&self) {
         self.0.borrow_mut().pop();
     }
+
+    /// The objects on the stack (roots for the collector: none between callbacks).
+    pub fn each(&self, f: &mut dyn FnMut(&Dynamic)) {
+        for v in self.0.borrow().iter() {
+            f(v);
+        }
+    }
+}
+
+/// Every object a worker's scripts made, for the collector (collect.rs).
+#[derive(Default)]
+pub struct Table {
+    objects: RefCell<Vec<Weak<Data>>>,
+    /// Objects at the last sweep: the next one waits until there are twice as many.
+    swept_at: std::cell::Cell<usize>,
+}
+
+impl Table {
+    /// Notes a new object.
+    pub fn track(&self, object: &Object) {
+        self.objects.borrow_mut().push(object.downgrade());
+    }
+
+    /// A new object, noted.
+    pub fn make(&self, class: Option<ImmutableString>, fields: Map) -> Object {
+        let object = Object::new(class, fields);
+        self.track(&object);
+        object
+    }
+
+    /// Objects noted so far (some may be gone).
+    pub fn len(&self) -> usize {
+        self.objects.borrow().len()
+    }
+
+    /// True when as many objects were made since the last sweep as were left by it (and at
+    /// least `min` in all).
+    pub fn sweep_due(&self, min: usize) -> bool {
+        self.len() >= min.max(2 * self.swept_at.get())
+    }
+
+    /// The objects alive now; forgets those gone.
+    pub fn live(&self) -> Vec<Object> {
+        let mut objects = self.objects.borrow_mut();
+        let live: Vec<Object> = objects.iter().filter_map(Object::upgrade).collect();
+        objects.retain(|w| w.strong_count() > 0);
+        live
+    }
+
+    /// A sweep left `remaining` objects.
+    pub fn swept(&self, remaining: usize) {
+        self.swept_at.set(remaining);
+    }
+}
+
+type Res<T> = Result<T, Box<rhai::EvalAltResult>>;
+
+/// Registers the `Object` type: fields through the indexer (`o.name`, `o["name"]`), `==` as
+/// "the same object", printing, and `object(…)`. The map functions an object has too
+/// ([`builtin`]) are not registered: a native function would answer before a class method of
+/// the same name (methods.rs asks for them after the class).
+pub fn register(engine: &mut rhai::Engine, table: &Rc<Table>) {
+    engine.register_type_with_name::<Object>("object");
+    engine.register_indexer_get(|o: &mut Object, name: &str| -> Res<Dynamic> {
+        let value = o.get(name);
+        // A field Rhai holds now, through a call made through it (`hall.rooms.a.count()`,
+        // and `count` reached `hall.rooms` again): Rhai cannot read it until that call ends.
+        if value.is_shared() && value.is_locked() {
+            return Err(rhai::EvalAltResult::ErrorDataRace(
+                format!("field {name}"),
+                rhai::Position::NONE,
+            )
+            .into());
+        }
+        Ok(value)
+    });
+    engine.register_indexer_set(|o: &mut Object, name: &str, value: Dynamic| o.set(name, value));
+    engine.register_fn("==", |a: &mut Object, b: Object| a.ptr_eq(&b));
+    engine.register_fn("!=", |a: &mut Object, b: Object| !a.ptr_eq(&b));
+    engine.register_fn("==", |_: &mut Object, _: ()| false);
+    engine.register_fn("!=", |_: &mut Object, _: ()| true);
+    // `object(#{…})`: a map as an object (a `#{…}` literal with a function in it is one
+    // already, lint.rs's rewrite).
+    let t = table.clone();
+    engine.register_fn("object", move |value: Dynamic| -> Res<Dynamic> {
+        match Object::of(&value) {
+            Some(o) => Ok(o.into_dynamic()),
+            None => match value.flatten().try_cast::<Map>() {
+                Some(map) => Ok(from_map(&t, map).into_dynamic()),
+                None => Err(super::error::api_error(
+                    "object(…): give a map (#{…}) or an object",
+                )),
+            },
+        }
+    });
+    let t = table.clone();
+    engine.register_fn("object", move || t.make(None, Map::new()).into_dynamic());
+}
+
+/// The map functions objects have, for a method call `name(args)` on `o` that its class does
+/// not answer: `keys()`, `values()`, `len()`, `is_empty()`, `contains(name)` (and so `name in
+/// o`), `remove(name)`, `to_json()`, `class_name()` (4D's `OB Class(o).name`).
+pub fn builtin(o: &Object, name: &str, args: &[Dynamic]) -> Option<Res<Dynamic>> {
+    let text = |i: usize| {
+        args.get(i)
+            .and_then(|a| a.read_lock::<ImmutableString>().map(|s| s.clone()))
+    };
+    Some(Ok(match (name, args.len()) {
+        ("keys", 0) => o
+            .with_fields(|m| {
+                m.keys()
+                    .map(|k| Dynamic::from(ImmutableString::from(k.as_str())))
+                    .collect::<rhai::Array>()
+            })
+            .into(),
+        ("values", 0) => o
+            .with_fields(|m| {
+                m.values()
+                    .map(Dynamic::flatten_clone)
+                    .collect::<rhai::Array>()
+            })
+            .into(),
+        ("len", 0) => Dynamic::from(o.with_fields(|m| m.len() as rhai::INT)),
+        ("is_empty", 0) => Dynamic::from(o.with_fields(Map::is_empty)),
+        ("contains", 1) => {
+            let key = text(0)?;
+            Dynamic::from(o.with_fields(|m| m.contains_key(key.as_str())))
+        }
+        ("remove", 1) => o.remove(text(0)?.as_str()),
+        ("class_name", 0) => o.class().map_or(Dynamic::UNIT, |c| c.clone().into()),
+        ("to_json", 0) => {
+            let data = match to_data(&o.clone().into_dynamic(), 0, &mut Vec::new()) {
+                Ok(data) => data,
+                Err(e) => return Some(Err(super::error::api_error(format!("to_json: {e}")))),
+            };
+            match serde_json::to_string(&data) {
+                Ok(json) => json.into(),
+                Err(e) => return Some(Err(super::error::api_error(format!("to_json: {e}")))),
+            }
+        }
+        _ => return None,
+    }))
+}
+
+/// True if `value` is or holds an object (to `depth` levels).
+pub fn holds_object(value: &Dynamic, depth: usize) -> bool {
+    if value.is::<Object>() {
+        return true;
+    }
+    if depth == 0 {
+        return false;
+    }
+    if let Some(array) = value.read_lock::<rhai::Array>() {
+        return array.iter().any(|v| holds_object(v, depth - 1));
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return map.values().any(|v| holds_object(v, depth - 1));
+    }
+    false
+}
+
+/// `value` as plain data, for JSON: an object becomes a map of its fields that are not
+/// functions. An object that holds itself cannot be data: the error names its class.
+pub fn to_data(value: &Dynamic, depth: usize, open: &mut Vec<usize>) -> Result<Dynamic, String> {
+    if depth > super::bounds::MAX_DEPTH {
+        return Err(format!(
+            "data nested deeper than {} levels",
+            super::bounds::MAX_DEPTH
+        ));
+    }
+    if let Some(object) = Object::of(value) {
+        if open.contains(&object.address()) {
+            let name = object.class().map_or("an object", |c| c.as_str());
+            return Err(format!("{name} holds itself (a cycle)"));
+        }
+        open.push(object.address());
+        let mut map = Map::new();
+        for (k, v) in object.fields() {
+            if !v.is_fnptr() {
+                map.insert(k, to_data(&v, depth + 1, open)?);
+            }
+        }
+        open.pop();
+        return Ok(map.into());
+    }
+    if let Some(array) = value.read_lock::<rhai::Array>() {
+        return array
+            .iter()
+            .map(|v| to_data(v, depth + 1, open))
+            .collect::<Result<rhai::Array, _>>()
+            .map(Dynamic::from_array);
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        return map
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), to_data(v, depth + 1, open)?)))
+            .collect::<Result<Map, String>>()
+            .map(Dynamic::from_map);
+    }
+    Ok(value.flatten_clone())
 }

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 
 use rhai::{AST, ASTNode, Dynamic, Expr, FnPtr, Map, NativeCallContext, Scope};
 
-use super::classes::{CLASS_KEY, Reloaded, class_name};
+use super::classes::Reloaded;
 use super::dispatch::{Dispatch, event_map};
 use super::error::{ScriptError, display_name};
+use super::objects::Object;
 use super::server::ServerOptions;
 use super::state::Ctx;
 use crate::event::ServerId;
@@ -187,10 +188,7 @@ impl Dispatch<'_> {
                 }
             }
             self.ctx.deadline.start(&self.ctx.budget);
-            // Top-level code runs on the top-level engine (objects.rs), as at start.
-            let top = self.ctx.top_level_engine.borrow().clone();
-            let engine = top.as_deref().unwrap_or(self.engine);
-            let result = engine.run_ast_with_scope(&mut Scope::new(), ast);
+            let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
             self.ctx.deadline.clear();
             result
         });
@@ -246,30 +244,24 @@ pub(super) fn adopt_server(
 }
 
 /// Gives a running handler the callbacks of its new version and keeps its state: an instance
-/// of the same class stays as is (its class file brings the new code); an object map takes
-/// the new map's properties, but data it already had (non-function properties) is kept.
+/// of the same class stays as is (its class file brings the new code); an object written as a
+/// literal takes the new one's fields, but data it already had (fields that are not
+/// functions) is kept.
 fn keep_state(old: &Dynamic, new: &Dynamic) {
-    let class_of = |d: &Dynamic| d.read_lock::<Map>().and_then(|m| class_name(&m));
-    let (old_class, new_class) = (class_of(old), class_of(new));
-    if old_class.is_some() && old_class == new_class {
-        return;
-    }
-    let Some(mut merged) = new.read_lock::<Map>().map(|m| m.clone()) else {
+    let (Some(old), Some(new)) = (Object::of(old), Object::of(new)) else {
         return;
     };
-    if let Some(old_map) = old.read_lock::<Map>() {
-        for (k, v) in old_map.iter() {
-            if !v.is::<FnPtr>() && k.as_str() != CLASS_KEY {
-                merged.insert(k.clone(), v.clone());
-            }
+    if old.ptr_eq(&new) || old.class().is_some() && old.class() == new.class() {
+        return;
+    }
+    let mut merged = new.fields();
+    for (k, v) in old.fields() {
+        if !v.is_fnptr() {
+            merged.insert(k, v);
         }
     }
-    // `old` is shared: writing through a clone changes the one object everybody holds.
-    let mut shared = old.clone();
-    if let Some(mut target) = shared.write_lock::<Map>() {
-        *target = merged;
-    }
-    super::objects::forget_fields_seen(old);
+    // Everybody holds `old`: it is the one to change.
+    old.replace_fields(merged);
 }
 
 /// For each edited closure of `old` (by its generated name): its new version in `new`, or None
@@ -336,18 +328,18 @@ fn closures_in_order(ast: &AST) -> Vec<FnPtr> {
 
 /// Calls `renew` on each closure property of a handler, with the property's name.
 fn renew_handler(handler: &Dynamic, renew: &mut dyn FnMut(&mut FnPtr, &str)) {
-    let mut handler = handler.clone();
-    if handler.is_locked() {
-        return;
-    }
-    let Some(mut map) = handler.write_lock::<Map>() else {
+    let Some(object) = Object::of(handler) else {
         return;
     };
-    for (key, value) in map.iter_mut() {
-        if let Some(mut f) = value.write_lock::<FnPtr>()
+    for (key, value) in object.fields() {
+        if let Some(mut f) = value.read_lock::<FnPtr>().map(|f| f.clone())
             && f.is_anonymous()
         {
+            let before = f.fn_name().to_string();
             renew(&mut f, key.as_str());
+            if f.fn_name() != before {
+                object.set(key.as_str(), Dynamic::from(f));
+            }
         }
     }
 }

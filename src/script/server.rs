@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
 
-use super::api::{has_callback, share_handler};
+use super::api::{handler_object, has_callback};
 use super::connection::ConnObj;
 use super::convert::DataType;
 use super::reload::adopt_server;
@@ -192,7 +192,7 @@ fn new_server(
     handler: Dynamic,
     options: Map,
 ) -> Res<ServerObj> {
-    let handler = share_handler(handler, "WebSocketServer.new")?;
+    let handler = handler_object(ctx, handler, "WebSocketServer.new")?;
     if !has_callback(ctx, &handler, "onConnection") {
         return Err(api_error(
             "WebSocketServer.new: the handler has no onConnection callback",

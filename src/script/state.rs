@@ -17,7 +17,7 @@ use super::convert::DataType;
 use super::engine::{Budget, Deadline};
 use super::error::Sources;
 use super::memory::MemoryWatch;
-use super::objects::ThisStack;
+use super::objects::{Table, ThisStack};
 use super::timers::Timers;
 use super::top_level::TopLevel;
 use crate::event::{ConnId, ConnectionHandle, Event, ServerId};
@@ -89,6 +89,10 @@ pub struct ConnEntry {
     pub opened: bool,
     /// The `ws` object of its last message callback, for the next one (spares.rs).
     pub spare_ws: Option<Dynamic>,
+    /// A client whose processing an error stopped (4D: at most one `onError`, then the
+    /// connection closes and `onTerminate` runs): nothing more reaches its callbacks but
+    /// `onTerminate`.
+    pub stopped: bool,
 }
 
 #[derive(Default)]
@@ -132,8 +136,8 @@ pub struct Ctx {
     pub memory: MemoryWatch,
     /// The object whose method or callback runs now (what closures made there see as `this`).
     pub this: ThisStack,
-    /// The engine that runs top-level code (worker.rs), for the top level's re-run on reload.
-    pub top_level_engine: RefCell<Option<Rc<rhai::Engine>>>,
+    /// Every object the scripts made (the collector's list).
+    pub objects: Rc<Table>,
     /// The message event of the last callback, for the next one.
     pub spares: super::spares::Spares,
 }

@@ -46,6 +46,18 @@ impl Timers {
         self.queue.values_mut().map(|t| &mut t.callback)
     }
 
+    /// What every pending timer holds: its callback (and what it captured), its `this`.
+    pub fn each_value(&self, f: &mut dyn FnMut(&Dynamic)) {
+        for t in self.queue.values() {
+            for v in t.callback.iter_curry() {
+                f(v);
+            }
+            if let Some(this) = &t.this {
+                f(this);
+            }
+        }
+    }
+
     pub fn insert(&mut self, id: i64, at: Instant, timer: Timer) {
         self.queue.insert((at, id), timer);
         self.due.insert(id, at);

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rhai::{AST, CallFnOptions, Dynamic, Engine, Scope};
+use rhai::{AST, Dynamic, Engine, Scope};
 
 use super::api;
 use super::classes::ClassStore;
@@ -92,11 +92,8 @@ pub fn spawn(net: Arc<Network>, options: WorkerOptions) -> std::io::Result<Worke
 }
 
 struct Worker {
-    /// Runs callbacks.
+    /// Runs the top level and callbacks.
     engine: Rc<Engine>,
-    /// Runs top-level code: the entry script's top level and tests (objects.rs: reading a
-    /// variable there shares the object it holds; callbacks do without that hook's cost).
-    top: Rc<Engine>,
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
     test: Option<TestCase>,
@@ -138,15 +135,12 @@ impl Worker {
             shutting_down: std::cell::Cell::new(false),
             memory: MemoryWatch::default(),
             this: Default::default(),
-            top_level_engine: Default::default(),
+            objects: Default::default(),
             spares: Default::default(),
         });
-        let build = |top_level: bool| {
+        let engine = {
             let mut engine = new_engine(&ctx.budget, &deadline);
             api::register(&mut engine, &ctx, &options.args);
-            if top_level {
-                super::objects::register(&mut engine);
-            }
             if let Some(extend) = &options.extend_engine {
                 extend(&mut engine);
             }
@@ -155,9 +149,6 @@ impl Worker {
             }
             Rc::new(engine)
         };
-        let engine = build(false);
-        let top = build(true);
-        *ctx.top_level_engine.borrow_mut() = Some(top.clone());
         // The events of this worker's own sockets are dispatched where they arise.
         let (e, c) = (engine.clone(), ctx.clone());
         ctx.event_loop.install(Rc::new(move |event| {
@@ -169,7 +160,6 @@ impl Worker {
         }));
         Ok(Self {
             engine,
-            top,
             ctx,
             entry_path: options.entry,
             test: options.test,
@@ -185,19 +175,20 @@ impl Worker {
             Err(e) => return Exit::Test(Err(e)),
         };
         self.ctx.deadline.start_for(test.timeout);
-        let mut result = self.top.run_ast_with_scope(&mut Scope::new(), &entry);
+        let mut result = self
+            .engine
+            .run_ast_with_scope(&mut Scope::new(), &entry)
+            .map(|_| ());
         if let (Ok(_), Some(function)) = (&result, &test.function) {
             let script = self.ctx.classes.borrow().file_or_entry(None);
             if let Some(script) = script {
-                let options = CallFnOptions::new().eval_ast(false);
-                result = self
-                    .top
-                    .call_fn_with_options::<Dynamic>(
-                        options,
-                        &mut Scope::new(),
-                        &script.ast,
+                result = script
+                    .call(
+                        &self.engine,
+                        &mut Dynamic::UNIT.clone(),
                         function,
-                        (),
+                        &mut [],
+                        1,
                     )
                     .map(|_| ());
             }
@@ -227,7 +218,7 @@ impl Worker {
 
     fn compile_entry(&self) -> Result<AST, ScriptError> {
         self.ctx.classes.borrow_mut().load_entry(
-            &self.top,
+            &self.engine,
             &self.entry_path,
             &mut self.ctx.sources.borrow_mut(),
         )
@@ -244,8 +235,6 @@ impl Worker {
         let exit = self.run_to_end();
         // Drops the dispatch (it holds the engine and the context), then the loop's sockets.
         self.ctx.event_loop.uninstall();
-        // (The context holds the top-level engine, whose functions hold the context.)
-        self.ctx.top_level_engine.borrow_mut().take();
         exit
     }
 
@@ -260,7 +249,7 @@ impl Worker {
 
         let (top, failures) = self.ctx.top_level.first_run(|| {
             self.ctx.deadline.start(&self.ctx.budget);
-            let top = self.top.run_ast_with_scope(&mut Scope::new(), &entry);
+            let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
             self.ctx.deadline.clear();
             top
         });
