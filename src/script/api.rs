@@ -39,6 +39,7 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     super::classes::register(engine, ctx);
     super::methods::register(engine, ctx);
     super::objects::register(engine, &ctx.objects);
+    super::fields::register(engine);
     super::timers::register(engine, ctx);
     super::topics::register(engine, ctx);
 }

@@ -22,9 +22,10 @@ use std::cell::{RefCell, RefMut};
 use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
+use super::rewrite::Calls;
 use rhai::{
-    AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, FnCallExpr,
-    Identifier, ImmutableString, Scope, StmtBlock,
+    AST, ASTNode, Dynamic, Engine, EvalAltResult, EvalContext, Expr, Expression, Identifier,
+    ImmutableString, Scope, StmtBlock,
 };
 
 /// Callbacks kept per file before the list starts over.
@@ -36,8 +37,8 @@ const MAX_RESOLUTIONS: usize = 512;
 pub struct CallCache {
     /// The file as compiled, its functions with their bodies (rewrite.rs changes copies).
     code: AST,
-    /// A call `object(x)` to copy (rewrite.rs).
-    object_call: Rc<FnCallExpr>,
+    /// The calls rewrite.rs makes, to copy.
+    calls: Rc<Calls>,
     caches: RefCell<rhai::Caches>,
     /// Where the arguments go: kept for its allocations (empty between calls).
     scope: RefCell<Scope<'static>>,
@@ -60,7 +61,7 @@ struct Body {
 impl Body {
     /// The body of `name` with `arity` parameters in `ast`: a copy of its statements, found by
     /// walking a copy of the AST that holds that function alone, rewritten (rewrite.rs).
-    fn of(ast: &AST, object_call: &FnCallExpr, name: &str, arity: usize) -> Option<Self> {
+    fn of(ast: &AST, calls: &Calls, name: &str, arity: usize) -> Option<Self> {
         let mut one = ast.clone();
         one.clear_statements();
         one.retain_functions(|_, _, n, params| n == name && params == arity);
@@ -84,7 +85,7 @@ impl Body {
             def.body.start_position(),
             def.body.end_position(),
         );
-        super::rewrite::Rewrite::new(ast, object_call).block(&mut block);
+        super::rewrite::Rewrite::new(ast, calls).block(&mut block);
         Some(Self {
             block: Expr::Stmt(Box::new(block)),
             params: def
@@ -143,10 +144,10 @@ impl<T> DerefMut for Kept<'_, T> {
 }
 
 impl CallCache {
-    pub fn new(ast: &AST, code: AST, object_call: Rc<FnCallExpr>) -> Self {
+    pub fn new(ast: &AST, code: AST, calls: Rc<Calls>) -> Self {
         Self {
             code,
-            object_call,
+            calls,
             caches: RefCell::new(rhai::Caches::new()),
             scope: RefCell::new(Scope::new()),
             bodies: RefCell::default(),
@@ -157,7 +158,7 @@ impl CallCache {
     /// The file's top level, rewritten (rewrite.rs), to run with `run`'s functions.
     pub fn top_level(&self, run: &AST) -> AST {
         let mut statements: Vec<rhai::Stmt> = self.code.statements().to_vec();
-        super::rewrite::Rewrite::new(&self.code, &self.object_call).statements(&mut statements);
+        super::rewrite::Rewrite::new(&self.code, &self.calls).statements(&mut statements);
         let mut ast = AST::new(statements, run.shared_lib().clone());
         if let Some(source) = run.source() {
             ast.set_source(source);
@@ -174,7 +175,7 @@ impl CallCache {
         {
             return body.clone();
         }
-        let body = Body::of(&self.code, &self.object_call, name, arity).map(Rc::new);
+        let body = Body::of(&self.code, &self.calls, name, arity).map(Rc::new);
         let mut bodies = self.bodies.borrow_mut();
         // A handful of callbacks per file; a script naming callbacks from data (`Fn(text)`)
         // does not grow this without end.

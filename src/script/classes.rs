@@ -50,7 +50,7 @@ impl Script {
         class: Option<String>,
         code: AST,
         closures: &AST,
-        object_call: Rc<rhai::FnCallExpr>,
+        calls: Rc<super::rewrite::Calls>,
     ) -> Self {
         let typed: Vec<(String, usize)> = code
             .iter_fn_def()
@@ -63,7 +63,7 @@ impl Script {
         ast.set_source(file.as_str());
         Self {
             params: param_counts(&code),
-            calls: super::call::CallCache::new(&ast, code, object_call),
+            calls: super::call::CallCache::new(&ast, code, calls),
             file,
             class,
             ast,
@@ -136,8 +136,8 @@ pub struct ClassStore {
     /// Loaded files by canonical path, for reloads.
     paths: HashMap<PathBuf, String>,
     watcher: Option<Arc<Watcher>>,
-    /// A call `object(x)`, for rewrite.rs.
-    object_call: Rc<rhai::FnCallExpr>,
+    /// The calls rewrite.rs makes, to copy.
+    calls: Rc<super::rewrite::Calls>,
 }
 
 /// What a reload of one file did.
@@ -167,7 +167,7 @@ impl ClassStore {
             entry: None,
             closures: AST::empty(),
             closure_files: FxHashMap::default(),
-            object_call: Rc::new(super::rewrite::object_call()),
+            calls: Rc::new(super::rewrite::Calls::new()),
         }
     }
 
@@ -335,7 +335,7 @@ impl ClassStore {
             None,
             AST::empty(),
             &AST::empty(),
-            self.object_call.clone(),
+            self.calls.clone(),
         ));
         self.files.insert(
             file.clone(),
@@ -352,7 +352,7 @@ impl ClassStore {
                 compiled.class.clone(),
                 compiled.ast.clone(),
                 &self.closures,
-                self.object_call.clone(),
+                self.calls.clone(),
             ));
         }
         self.files[&file].script.clone()

@@ -398,10 +398,14 @@ impl Dispatch<'_> {
         name: &str,
         event: Dynamic,
     ) -> [Dynamic; 2] {
-        let Target { ws, handler, home } = target;
+        let Target {
+            ws,
+            mut handler,
+            home,
+        } = target;
         let home = home.as_deref();
         let mut args = [ws, event];
-        let Some(Err(err)) = self.invoke_with(&handler, home, name, &mut args) else {
+        let Some(Err(err)) = self.invoke_with(&mut handler, home, name, &mut args) else {
             return args;
         };
         tracing::error!(
@@ -581,20 +585,21 @@ impl Dispatch<'_> {
     ) -> Option<Result<Dynamic, ScriptError>> {
         // (Inline room for five: no allocation.)
         let mut args: rhai::FnArgsVec<Dynamic> = args.into_iter().collect();
-        self.invoke_with(handler, home, name, &mut args)
+        self.invoke_with(&mut handler.clone(), home, name, &mut args)
     }
 
     /// As [`Dispatch::invoke`], giving the arguments back in `args` as the callback left them
-    /// (`()` where it did not: a closure that declares fewer, Rhai's own path).
+    /// (`()` where it did not: a closure that declares fewer, Rhai's own path). `handler` is
+    /// bound as `this` itself (a copy of a value of a native type costs two allocations).
     pub fn invoke_with(
         &self,
-        handler: &Dynamic,
+        handler: &mut Dynamic,
         home: Option<&str>,
         name: &str,
         args: &mut [Dynamic],
     ) -> Option<Result<Dynamic, ScriptError>> {
+        let object = Object::of(handler)?;
         let (fn_ptr, class) = {
-            let object = Object::of(handler)?;
             let fn_ptr = object.function(name);
             let class = object
                 .class()
@@ -614,7 +619,6 @@ impl Dispatch<'_> {
             (Some(_), None) => self.ctx.classes.borrow().file_or_entry(home)?,
             (None, None) => return None,
         };
-        let mut this = handler.clone();
         // A function with a name (a class method, or `Fn("name")` of the handler's file) is
         // called by name, given as many arguments as it declares; a closure through its
         // pointer, which carries what it captured.
@@ -629,7 +633,7 @@ impl Dispatch<'_> {
             return None;
         }
         // What closures made now see as `this` (objects.rs).
-        self.ctx.this.push(handler.clone());
+        self.ctx.this.push_object(object);
         // Timed only when counted: two clock reads per callback.
         let started = crate::metrics::get().map(|_| std::time::Instant::now());
         // The function, its arguments (taken from `args`), and where `args` start among them.
@@ -661,7 +665,7 @@ impl Dispatch<'_> {
             (None, None) => unreachable!("a callback is named or a function pointer"),
         };
         self.ctx.deadline.start(&self.ctx.budget);
-        let result = script.call(self.engine, &mut this, fn_name, &mut call, 1);
+        let result = script.call(self.engine, handler, fn_name, &mut call, 1);
         // What the call left of `args`, back to the caller.
         for (slot, value) in args.iter_mut().zip(call.into_iter().skip(first)) {
             *slot = value;

@@ -126,24 +126,30 @@ struct Call<'a> {
 impl Call<'_> {
     /// Runs `name` of `script` with `this` bound, as the current object for closures made
     /// there.
+    /// `class` names the method's class in an error (`Agent.tell`).
     fn run(
         &self,
         script: &Script,
-        shown: &str,
+        class: Option<&str>,
         name: &str,
         this: &mut Dynamic,
         args: &mut [Dynamic],
     ) -> Res<Dynamic> {
-        let current = this.clone();
-        let bound = !current.is_unit();
+        let bound = !this.is_unit();
         if bound {
-            self.ctx.this.push(current);
+            match Object::of(this) {
+                Some(o) => self.ctx.this.push_object(o),
+                None => self.ctx.this.push(this.clone()),
+            }
         }
         let result = script.call(self.engine, this, name, args, self.level);
         if bound {
             self.ctx.this.pop();
         }
-        result.map_err(|e| in_function(e, shown, script))
+        result.map_err(|e| match class {
+            Some(class) => in_function(e, &format!("{class}.{name}"), script),
+            None => in_function(e, name, script),
+        })
     }
 
     /// Method `name` of class `class`, else a map function objects have.
@@ -160,9 +166,9 @@ impl Call<'_> {
                 api_error(format!("{class}.{name}: the class {class} is not loaded"))
             })?;
         match script.params(name) {
-            Some(n) if n == args.len() => self
-                .run(&script, &format!("{class}.{name}"), name, this, args)
-                .map(Some),
+            Some(n) if n == args.len() => {
+                self.run(&script, Some(class), name, this, args).map(Some)
+            }
             Some(n) => unanswered(
                 name,
                 format!("{class}.{name} takes {n} argument(s), got {}", args.len()),
@@ -199,7 +205,7 @@ impl Call<'_> {
         for script in own.iter().chain(entry.iter()) {
             match script.params(name) {
                 Some(n) if n == args.len() => {
-                    return self.run(script, name, name, this, args).map(Some);
+                    return self.run(script, None, name, this, args).map(Some);
                 }
                 Some(n) => declared = declared.or(Some((n, script.file.clone()))),
                 None => {}
@@ -257,6 +263,6 @@ impl Call<'_> {
         }
         // A function may declare fewer parameters than it is given, as a callback may.
         values.truncate(declared);
-        self.run(&script, f.fn_name(), f.fn_name(), this, &mut values)
+        self.run(&script, None, f.fn_name(), this, &mut values)
     }
 }

@@ -15,6 +15,7 @@ mod convert;
 mod dispatch;
 mod engine;
 mod error;
+mod fields;
 mod lint;
 mod memory;
 mod methods;

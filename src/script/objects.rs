@@ -71,7 +71,12 @@ impl Object {
             return;
         }
         let value = stored(value.flatten());
-        fields.insert(name.into(), value);
+        match fields.get_mut(name) {
+            Some(slot) => *slot = value,
+            None => {
+                fields.insert(name.into(), value);
+            }
+        }
     }
 
     /// Removes field `name`; returns its value (`()` when it had none).
@@ -213,13 +218,23 @@ pub fn to_object(table: &Table, value: Dynamic) -> Option<Object> {
 
 /// The object whose method or callback runs now: what a closure made there sees as `this`
 /// when it runs later (`setTimeout(|| this.tick(), 10)`), as JavaScript's arrow functions do.
+/// (An object is kept as itself: a copy of a script value of a native type costs two
+/// allocations, on every callback.)
 #[derive(Default)]
-pub struct ThisStack(RefCell<Vec<Dynamic>>);
+pub struct ThisStack(RefCell<Vec<This>>);
+
+enum This {
+    Object(Object),
+    Value(Dynamic),
+}
 
 impl ThisStack {
     /// `this` of the code running now, if it has one.
     pub fn current(&self) -> Option<Dynamic> {
-        self.0.borrow().last().cloned()
+        self.0.borrow().last().map(|t| match t {
+            This::Object(o) => o.clone().into_dynamic(),
+            This::Value(v) => v.clone(),
+        })
     }
 
     /// Runs `f` with `this` as the current object.
@@ -232,7 +247,16 @@ impl ThisStack {
 
     /// `this` is the current object until the matching [`pop`](Self::pop).
     pub fn push(&self, this: Dynamic) {
+        let this = match Object::of(&this) {
+            Some(o) => This::Object(o),
+            None => This::Value(this),
+        };
         self.0.borrow_mut().push(this);
+    }
+
+    /// `this` is `object` until the matching [`pop`](Self::pop).
+    pub fn push_object(&self, object: Object) {
+        self.0.borrow_mut().push(This::Object(object));
     }
 
     pub fn pop(&self) {
@@ -241,8 +265,11 @@ impl ThisStack {
 
     /// The objects on the stack (roots for the collector: none between callbacks).
     pub fn each(&self, f: &mut dyn FnMut(&Dynamic)) {
-        for v in self.0.borrow().iter() {
-            f(v);
+        for t in self.0.borrow().iter() {
+            match t {
+                This::Object(o) => f(&o.clone().into_dynamic()),
+                This::Value(v) => f(v),
+            }
         }
     }
 }

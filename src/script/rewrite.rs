@@ -14,47 +14,65 @@
 //!   `object(#{…})`, so `let h = #{ n: 0, onMessage: … }` is one object however it is held.
 //! - **`this.name` is read through the indexer**: `this["name"]`. On an object, Rhai would
 //!   first look for a getter named `get$name`, fail, build an error message and only then try
-//!   the indexer; on a map both mean the same.
+//!   the indexer; on a map both mean the same. **`this.name = v` and `this.name op= v`** are
+//!   one native call each (fields.rs).
 //!
 //! Closures are not rewritten (Rhai runs them from its own copy): a literal with a function
 //! made inside a closure becomes an object where it becomes a handler.
 
 use std::collections::HashSet;
 
-use rhai::{AST, ASTFlags, Expr, FnCallExpr, FnCallHashes, Stmt, StmtBlock};
+use rhai::{AST, ASTFlags, BinaryExpr, Expr, FnCallExpr, FnCallHashes, Stmt, StmtBlock};
 
 /// The rewrites of one file.
 pub struct Rewrite<'a> {
     /// Names the file defines functions for.
     defined: HashSet<&'a str>,
-    /// A call `object(x)`, for the literals.
-    object_call: &'a FnCallExpr,
+    calls: &'a Calls,
 }
 
-/// A call `object(x)` as Rhai compiles it, to copy for each literal (Rhai does not export how
-/// it hashes a call).
-pub fn object_call() -> FnCallExpr {
-    let ast = rhai::Engine::new_raw()
-        .compile("object(x)")
-        .expect("object(x) compiles");
-    let mut found = None;
-    ast.walk(&mut |path| {
-        match path.last() {
-            Some(rhai::ASTNode::Expr(Expr::FnCall(f, _)))
-            | Some(rhai::ASTNode::Stmt(Stmt::FnCall(f, _))) => found = Some((**f).clone()),
-            _ => {}
+/// The calls the rewrites make, as Rhai compiles them, to copy (Rhai does not export how it
+/// hashes a call).
+pub struct Calls {
+    /// `object(x)`, for the literals.
+    object: FnCallExpr,
+    /// `__wshost_set(this, name, value)`.
+    set: FnCallExpr,
+    /// `__wshost_update(this, name, op, value)`.
+    update: FnCallExpr,
+}
+
+impl Calls {
+    pub fn new() -> Self {
+        let call = |text: &str| {
+            let ast = rhai::Engine::new_raw().compile(text).expect("compiles");
+            let mut found = None;
+            ast.walk(&mut |path| {
+                match path.last() {
+                    Some(rhai::ASTNode::Expr(Expr::FnCall(f, _)))
+                    | Some(rhai::ASTNode::Stmt(Stmt::FnCall(f, _))) => found = Some((**f).clone()),
+                    _ => {}
+                }
+                true
+            });
+            let mut f: FnCallExpr = found.expect("a call");
+            f.hashes = FnCallHashes::from_native_only(f.hashes.native());
+            f
+        };
+        Self {
+            object: call("object(x)"),
+            set: call("__wshost_set(a, b, c)"),
+            update: call("__wshost_update(a, b, c, d)"),
         }
-        true
-    });
-    found.expect("object(x) is a call")
+    }
 }
 
 impl<'a> Rewrite<'a> {
     /// The rewrites of the file whose functions are in `ast`.
-    pub fn new(ast: &'a AST, object_call: &'a FnCallExpr) -> Self {
+    pub fn new(ast: &'a AST, calls: &'a Calls) -> Self {
         Self {
             defined: ast.iter_fn_def().map(|f| f.name.as_str()).collect(),
-            object_call,
+            calls,
         }
     }
 
@@ -93,8 +111,12 @@ impl<'a> Rewrite<'a> {
             }
             Stmt::Var(x, ..) => self.expr(&mut x.1),
             Stmt::Assignment(x) => {
-                self.expr(&mut x.1.lhs);
                 self.expr(&mut x.1.rhs);
+                if let Some(call) = self.field_assignment(x) {
+                    *s = call;
+                } else {
+                    self.expr(&mut x.1.lhs);
+                }
             }
             Stmt::FnCall(call, _) => self.fn_call(call),
             Stmt::Block(b) => self.block(b),
@@ -160,9 +182,42 @@ impl<'a> Rewrite<'a> {
             return;
         }
         let pos = e.position();
-        let mut call = self.object_call.clone();
+        let mut call = self.calls.object.clone();
         call.args = std::iter::once(std::mem::take(e)).collect();
         *e = Expr::FnCall(Box::new(call), pos);
+    }
+
+    /// `this.name = v` → `__wshost_set(this, "name", v)`, `this.name op= v` →
+    /// `__wshost_update(this, "name", "op=", v)`.
+    fn field_assignment(&self, x: &mut (rhai::OpAssignment, BinaryExpr)) -> Option<Stmt> {
+        let (op, binary) = x;
+        let Expr::Dot(dot, flags, _) = &mut binary.lhs else {
+            return None;
+        };
+        let (Expr::ThisPtr(this_pos), Expr::Property(prop, name_pos)) = (&dot.lhs, &dot.rhs) else {
+            return None;
+        };
+        if !flags.is_empty() {
+            return None;
+        }
+        let name = Expr::StringConstant(prop.2.clone(), *name_pos);
+        let this = Expr::ThisPtr(*this_pos);
+        let value = std::mem::take(&mut binary.rhs);
+        let pos = op.position();
+        let call = match op.get_op_assignment_info() {
+            None => {
+                let mut call = self.calls.set.clone();
+                call.args = [this, name, value].into_iter().collect();
+                call
+            }
+            Some((.., op_assign, _, _)) => {
+                let mut call = self.calls.update.clone();
+                let op = Expr::StringConstant(op_assign.into(), pos);
+                call.args = [this, name, op, value].into_iter().collect();
+                call
+            }
+        };
+        Some(Stmt::FnCall(Box::new(call), pos))
     }
 }
 
