@@ -135,7 +135,7 @@ fn objects_are_one_object_whatever_holds_them() {
 
 #[test]
 fn objects_are_as_4d_has_them() {
-    run_scenario("tests/fixtures/objects4d/as_in_4d.rhai", 13);
+    run_scenario("tests/fixtures/objects4d/as_in_4d.rhai", 18);
 }
 
 #[test]

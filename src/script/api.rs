@@ -46,9 +46,10 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
 
 /// `handler` as an object (objects.rs): an object or class instance is itself, a map becomes
 /// one. So `this.x = …` and `ws.handler.x = …` change the one handler.
-pub fn handler_object(ctx: &Ctx, handler: Dynamic, what: &str) -> Res<Dynamic> {
+/// `home` is the file whose code gives it (where its `Fn("name")`s are).
+pub fn handler_object(ctx: &Ctx, handler: Dynamic, home: Option<&str>, what: &str) -> Res<Dynamic> {
     let type_name = super::convert::script_type_name(&handler);
-    super::objects::to_object(&ctx.objects, handler)
+    super::objects::to_object(&ctx.objects, home, handler)
         .map(Object::into_dynamic)
         .ok_or_else(|| {
             api_error(format!(

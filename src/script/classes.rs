@@ -510,7 +510,9 @@ fn instantiate(
 ) -> Res<Dynamic> {
     let class = &c.class;
     let name = ref_name(c);
-    let object = ctx.objects.make(Some(name.as_str().into()), Map::new());
+    let object = ctx
+        .objects
+        .make(Some(name.as_str().into()), Some(&class.file), Map::new());
     let mut this = object.into_dynamic();
     match class.params("constructor") {
         Some(n) if n != args.len() => {

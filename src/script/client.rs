@@ -135,8 +135,11 @@ fn new_client(
 ) -> Res<ClientObj> {
     check_url(url)?;
     let handler = match handler {
-        Some(h) if !h.is_unit() => handler_object(ctx, h, "WebSocket.new")?,
-        _ => ctx.objects.make(None, Map::new()).into_dynamic(),
+        Some(h) if !h.is_unit() => handler_object(ctx, h, ncc.call_source(), "WebSocket.new")?,
+        _ => ctx
+            .objects
+            .make(None, ncc.call_source(), Map::new())
+            .into_dynamic(),
     };
     let (headers, data_type) = {
         let map = Object::of(&handler)

@@ -110,6 +110,11 @@ pub fn text_payload(s: &ImmutableString) -> Payload {
 /// The payload `send(value)` puts on the wire: a string as text, a Blob as binary, anything
 /// else that JSON can express as the text of its JSON.
 pub fn data_to_payload(value: &Dynamic) -> Result<Payload, Box<rhai::EvalAltResult>> {
+    if super::objects::in_use(value) {
+        return Err(api_error(
+            "cannot send a field while a method called through it runs",
+        ));
+    }
     if let Ok(s) = value.as_immutable_string_ref() {
         return Ok(text_payload(&s));
     }
@@ -144,9 +149,27 @@ pub fn data_to_payload(value: &Dynamic) -> Result<Payload, Box<rhai::EvalAltResu
     )))
 }
 
+/// How a connection, client or server prints (`WebSocketConnection#5`), as its `to_string`
+/// says; None for other values.
+pub fn native_label(value: &Dynamic) -> Option<String> {
+    if let Some(c) = value.read_lock::<super::connection::ConnObj>() {
+        return Some(format!("WebSocketConnection#{}", c.handle.id()));
+    }
+    if let Some(c) = value.read_lock::<super::client::ClientObj>() {
+        return Some(format!("WebSocket#{}", c.handle.id()));
+    }
+    if let Some(s) = value.read_lock::<super::server::ServerObj>() {
+        return Some(format!("WebSocketServer#{}", s.id));
+    }
+    None
+}
+
 /// The name scripts know `value`'s type by, for messages: `int`, `float`, `string`, `map`,
 /// `array`, `Blob`, `()`, `WebSocketConnection`… (Rhai's own says `i64`, or a Rust path).
 pub fn script_type_name(value: &Dynamic) -> &'static str {
+    if super::objects::in_use(value) {
+        return "field in use";
+    }
     if value.is_unit() {
         return "()";
     }

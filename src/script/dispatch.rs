@@ -255,7 +255,7 @@ impl Dispatch<'_> {
         handler: Dynamic,
         home: Option<Rc<str>>,
     ) -> Result<(), ScriptError> {
-        let handler = handler_object(self.ctx, handler, "onConnection")
+        let handler = handler_object(self.ctx, handler, home.as_deref(), "onConnection")
             .map_err(|e| ScriptError::plain(&self.ctx.entry_name, e.to_string()))?;
         if !has_callback(self.ctx, &handler, "onMessage") {
             return Err(ScriptError::plain(
@@ -616,7 +616,11 @@ impl Dispatch<'_> {
                     .closure_file(f.fn_name())
                     .or_else(|| classes.file_or_entry(home))?
             }
-            (Some(_), None) => self.ctx.classes.borrow().file_or_entry(home)?,
+            (Some(_), None) => self
+                .ctx
+                .classes
+                .borrow()
+                .file_or_entry(object.home().or(home))?,
             (None, None) => return None,
         };
         // A function with a name (a class method, or `Fn("name")` of the handler's file) is

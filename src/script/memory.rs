@@ -36,6 +36,9 @@ fn size(value: &Dynamic, depth: usize, seen: &mut FxHashSet<usize>) -> usize {
     if depth > 32 {
         return 0;
     }
+    if super::objects::in_use(value) {
+        return SLOT;
+    }
     if value.is_shared() {
         // A shared value is one cell: its contents' address names it.
         let at = value

@@ -41,18 +41,27 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
 }
 
 /// An error raised inside function `name` of `script`, as Rhai wraps one raised inside a
-/// script function (error.rs reads the file and position of the innermost).
+/// script function (error.rs reads the file and position of the innermost). Rhai gives this
+/// hook no position of the call, so the wrapper takes the error's own: a `catch` sees the
+/// `line` where it was raised, in the file its `source` names.
 pub fn in_function(err: Box<EvalAltResult>, name: &str, script: &Script) -> Box<EvalAltResult> {
     match *err {
         // Not an error of the callee: a budget stop or the host stopping says so itself.
         EvalAltResult::ErrorTerminated(..) | EvalAltResult::ErrorTooManyOperations(..) => err,
-        _ => EvalAltResult::ErrorInFunctionCall(
-            name.into(),
-            script.file.clone(),
-            err,
-            Position::NONE,
-        )
-        .into(),
+        _ => {
+            let pos = innermost_position(&err);
+            EvalAltResult::ErrorInFunctionCall(name.into(), script.file.clone(), err, pos).into()
+        }
+    }
+}
+
+fn innermost_position(err: &EvalAltResult) -> Position {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, pos) => {
+            let inner = innermost_position(inner);
+            if inner.is_none() { *pos } else { inner }
+        }
+        other => other.position(),
     }
 }
 
@@ -66,7 +75,8 @@ fn answer(
     let call = Call {
         ctx,
         engine: ectx.engine(),
-        level: ectx.global_runtime_state().level + 1,
+        // (Rhai counted the call already.)
+        level: ectx.global_runtime_state().level,
         caller: ectx.source(),
     };
     if !is_method {
@@ -99,9 +109,17 @@ fn answer(
         return Ok(None);
     };
     let mut values: Vec<Dynamic> = rest.iter_mut().map(|a| std::mem::take(*a)).collect();
+    // `this.agnet.tell(…)`: a field never set is `()`, and no function of a file is meant
+    // for it.
+    if this.is_unit() {
+        return unanswered(
+            name,
+            format!("cannot call {name}(…) on (): the value it is called on was never set"),
+        );
+    }
     if let Some(object) = Object::of(this) {
         if let Some(f) = object.function(name) {
-            return call.function_value(&f, &object, this, values).map(Some);
+            return call.function_value(name, &f, &object, this, values);
         }
         if let Some(class) = object.class() {
             return call.method(&object, class, name, this, &mut values);
@@ -223,14 +241,17 @@ impl Call<'_> {
         }
     }
 
-    /// The function a field of `object` holds, called as its method (`h.onMessage(ws, e)`).
+    /// The function field `field` of `object` holds, called as its method
+    /// (`h.onMessage(ws, e)`). A function named with `Fn("name")` is one of the object's
+    /// file: its class's, or the file that made it.
     fn function_value(
         &self,
+        field: &str,
         f: &FnPtr,
         object: &Object,
         this: &mut Dynamic,
         args: Vec<Dynamic>,
-    ) -> Res<Dynamic> {
+    ) -> Res<Option<Dynamic>> {
         let script = {
             let classes = self.ctx.classes.borrow();
             if f.is_anonymous() {
@@ -239,30 +260,38 @@ impl Call<'_> {
                 object
                     .class()
                     .and_then(|c| classes.class(c))
+                    .or_else(|| object.home().and_then(|h| classes.file(h)))
                     .or_else(|| self.caller.and_then(|c| classes.file(c)))
                     .or_else(|| classes.file_or_entry(None))
             }
         }
         .ok_or_else(|| api_error(format!("{}: no such function", f.fn_name())))?;
         // What a closure captured comes first, as Rhai's call of it would pass.
+        let curried = f.curry().len();
         let mut values: Vec<Dynamic> = f.iter_curry().cloned().chain(args).collect();
-        let declared = script.params(f.fn_name()).ok_or_else(|| {
-            api_error(format!(
-                "{}: no such function in {}",
-                f.fn_name(),
-                script.file
-            ))
-        })?;
+        let Some(declared) = script.params(f.fn_name()) else {
+            return unanswered(
+                field,
+                format!(
+                    "{field}: its function {} is not in {}",
+                    f.fn_name(),
+                    script.file
+                ),
+            );
+        };
         if declared > values.len() {
-            return Err(api_error(format!(
-                "{} takes {} argument(s), got {}",
-                f.fn_name(),
-                declared - f.curry().len(),
-                values.len() - f.curry().len()
-            )));
+            return unanswered(
+                field,
+                format!(
+                    "{field} takes {} argument(s), got {}",
+                    declared.saturating_sub(curried),
+                    values.len() - curried
+                ),
+            );
         }
         // A function may declare fewer parameters than it is given, as a callback may.
         values.truncate(declared);
         self.run(&script, None, f.fn_name(), this, &mut values)
+            .map(Some)
     }
 }

@@ -24,20 +24,29 @@ pub struct Object(Rc<Data>);
 
 pub struct Data {
     class: Option<ImmutableString>,
+    /// The file that made it (where its `Fn("name")`s are), for an object that has no class.
+    home: Option<ImmutableString>,
     fields: RefCell<Map>,
 }
 
 impl Object {
-    /// A new object of `class` with `fields` (stored as [`Object::set`] stores them).
-    pub fn new(class: Option<ImmutableString>, fields: Map) -> Self {
+    /// A new object of `class` with `fields` (stored as [`Object::set`] stores them), made
+    /// by code of file `home`.
+    pub fn new(class: Option<ImmutableString>, home: Option<ImmutableString>, fields: Map) -> Self {
         let fields = fields
             .into_iter()
             .map(|(k, v)| (k, stored(v)))
             .collect::<Map>();
         Self(Rc::new(Data {
             class,
+            home,
             fields: RefCell::new(fields),
         }))
+    }
+
+    /// The file that made it.
+    pub fn home(&self) -> Option<&str> {
+        self.0.home.as_deref()
     }
 
     /// The object `value` holds (directly or in a shared cell), if it holds one.
@@ -186,15 +195,22 @@ fn same_cell(a: &Dynamic, b: &Dynamic) -> bool {
 /// object. A closure of the map that captured the variable the map came from (`let h = #{};
 /// h.onMessage = |ws, e| h.count += 1`, the JavaScript habit) sees the object from now on: the
 /// captured variable is made to hold it, so `h` in the closure and the handler are one object.
-pub fn from_map(table: &Table, map: Map) -> Object {
+pub fn from_map(table: &Table, home: Option<&str>, map: Map) -> Object {
     let keys: Vec<ImmutableString> = map.keys().map(|k| k.as_str().into()).collect();
-    let captured: Vec<Dynamic> = map
-        .values()
+    let functions: Vec<Dynamic> = map.values().filter(|v| v.is_fnptr()).cloned().collect();
+    let object = table.make(None, home, map);
+    adopt_captured(&object, &keys, &functions);
+    object
+}
+
+/// A closure among `functions` that captured the variable the map with `keys` came from
+/// sees `object` in it from now on.
+fn adopt_captured(object: &Object, keys: &[ImmutableString], functions: &[Dynamic]) {
+    let captured = functions
+        .iter()
         .filter_map(|v| v.read_lock::<FnPtr>().map(|f| f.clone()))
         .flat_map(|f| f.iter_curry().cloned().collect::<Vec<_>>())
-        .filter(Dynamic::is_shared)
-        .collect();
-    let object = table.make(None, map);
+        .filter(|v| v.is_shared() && !in_use(v));
     for mut cell in captured {
         let same = cell.read_lock::<Map>().is_some_and(|m| {
             m.len() == keys.len() && keys.iter().all(|k| m.contains_key(k.as_str()))
@@ -203,17 +219,16 @@ pub fn from_map(table: &Table, map: Map) -> Object {
             *inner = object.clone().into_dynamic();
         }
     }
-    object
 }
 
 /// `value` as an object: an object is itself, a map becomes one ([`from_map`]); anything
 /// else is not an object.
-pub fn to_object(table: &Table, value: Dynamic) -> Option<Object> {
+pub fn to_object(table: &Table, home: Option<&str>, value: Dynamic) -> Option<Object> {
     if let Some(o) = Object::of(&value) {
         return Some(o);
     }
     let map = value.flatten().try_cast::<Map>()?;
-    Some(from_map(table, map))
+    Some(from_map(table, home, map))
 }
 
 /// The object whose method or callback runs now: what a closure made there sees as `this`
@@ -280,17 +295,26 @@ pub struct Table {
     objects: RefCell<Vec<Weak<Data>>>,
     /// Objects at the last sweep: the next one waits until there are twice as many.
     swept_at: std::cell::Cell<usize>,
+    /// Entries after the list last forgot the objects gone: it does again at twice as many (a
+    /// `Weak` keeps its object's memory block, so a loop making objects that die at once
+    /// must not keep them all).
+    compacted_at: std::cell::Cell<usize>,
 }
 
 impl Table {
     /// Notes a new object.
     pub fn track(&self, object: &Object) {
-        self.objects.borrow_mut().push(object.downgrade());
+        let mut objects = self.objects.borrow_mut();
+        objects.push(object.downgrade());
+        if objects.len() >= 64.max(2 * self.compacted_at.get()) {
+            objects.retain(|w| w.strong_count() > 0);
+            self.compacted_at.set(objects.len());
+        }
     }
 
     /// A new object, noted.
-    pub fn make(&self, class: Option<ImmutableString>, fields: Map) -> Object {
-        let object = Object::new(class, fields);
+    pub fn make(&self, class: Option<ImmutableString>, home: Option<&str>, fields: Map) -> Object {
+        let object = Object::new(class, home.map(ImmutableString::from), fields);
         self.track(&object);
         object
     }
@@ -311,6 +335,7 @@ impl Table {
         let mut objects = self.objects.borrow_mut();
         let live: Vec<Object> = objects.iter().filter_map(Object::upgrade).collect();
         objects.retain(|w| w.strong_count() > 0);
+        self.compacted_at.set(objects.len());
         live
     }
 
@@ -349,19 +374,66 @@ pub fn register(engine: &mut rhai::Engine, table: &Rc<Table>) {
     // `object(#{…})`: a map as an object (a `#{…}` literal with a function in it is one
     // already, lint.rs's rewrite).
     let t = table.clone();
-    engine.register_fn("object", move |value: Dynamic| -> Res<Dynamic> {
-        match Object::of(&value) {
-            Some(o) => Ok(o.into_dynamic()),
-            None => match value.flatten().try_cast::<Map>() {
-                Some(map) => Ok(from_map(&t, map).into_dynamic()),
-                None => Err(super::error::api_error(
-                    "object(…): give a map (#{…}) or an object",
-                )),
-            },
-        }
-    });
+    engine.register_fn(
+        "object",
+        move |ncc: rhai::NativeCallContext, value: Dynamic| -> Res<Dynamic> {
+            match Object::of(&value) {
+                Some(o) => Ok(o.into_dynamic()),
+                None => match value.flatten().try_cast::<Map>() {
+                    Some(map) => Ok(from_map(&t, ncc.call_source(), map).into_dynamic()),
+                    None => Err(super::error::api_error(
+                        "object(…): give a map (#{…}) or an object",
+                    )),
+                },
+            }
+        },
+    );
     let t = table.clone();
-    engine.register_fn("object", move || t.make(None, Map::new()).into_dynamic());
+    engine.register_fn("object", move |ncc: rhai::NativeCallContext| {
+        t.make(None, ncc.call_source(), Map::new()).into_dynamic()
+    });
+    // `h.name = <function>` (rewrite.rs): the map `h` holds becomes an object first.
+    let t = table.clone();
+    engine.register_fn(
+        "__wshost_set_function",
+        move |ncc: rhai::NativeCallContext,
+              target: &mut Dynamic,
+              name: ImmutableString,
+              value: Dynamic|
+              -> Res<()> {
+            if let Some(o) = Object::of(target) {
+                o.set(&name, value);
+                return Ok(());
+            }
+            let Some(map) = target.read_lock::<Map>().map(|m| m.clone()) else {
+                return Err(super::error::api_error(format!(
+                    "cannot set field {name} of a value of type {}",
+                    super::convert::script_type_name(target)
+                )));
+            };
+            // (Rhai passes a variable that a closure captured as a copy: the closure being
+            // stored is what reaches it.)
+            let keys: Vec<ImmutableString> = map.keys().map(|k| k.as_str().into()).collect();
+            let object = from_map(&t, ncc.call_source(), map);
+            adopt_captured(&object, &keys, std::slice::from_ref(&value));
+            object.set(&name, value);
+            let object = object.into_dynamic();
+            if target.is_shared() {
+                if let Some(mut inner) = target.write_lock::<Dynamic>() {
+                    *inner = object;
+                }
+            } else {
+                *target = object;
+            }
+            Ok(())
+        },
+    );
+    // JSON of an object's data, as `send(o)` sends it (registered: an error names the line).
+    engine.register_fn("to_json", |o: &mut Object| -> Res<String> {
+        let data = to_data(&o.clone().into_dynamic(), 0, &mut Vec::new())
+            .map_err(|e| super::error::api_error(format!("to_json: {e}")))?;
+        serde_json::to_string(&data).map_err(|e| super::error::api_error(format!("to_json: {e}")))
+    });
 }
 
 /// The map functions objects have, for a method call `name(args)` on `o` that its class does
@@ -395,23 +467,19 @@ pub fn builtin(o: &Object, name: &str, args: &[Dynamic]) -> Option<Res<Dynamic>>
         }
         ("remove", 1) => o.remove(text(0)?.as_str()),
         ("class_name", 0) => o.class().map_or(Dynamic::UNIT, |c| c.clone().into()),
-        ("to_json", 0) => {
-            let data = match to_data(&o.clone().into_dynamic(), 0, &mut Vec::new()) {
-                Ok(data) => data,
-                Err(e) => return Some(Err(super::error::api_error(format!("to_json: {e}")))),
-            };
-            match serde_json::to_string(&data) {
-                Ok(json) => json.into(),
-                Err(e) => return Some(Err(super::error::api_error(format!("to_json: {e}")))),
-            }
-        }
         _ => return None,
     }))
 }
 
-/// True if `value` is or holds an object (to `depth` levels).
+/// True if `value` is a shared cell that Rhai is writing to now (a field a method call goes
+/// through): nothing may look inside it until the call ends (Rhai panics on a look).
+pub fn in_use(value: &Dynamic) -> bool {
+    value.is_shared() && value.is_locked()
+}
+
+/// True if `value` is or holds an object (to `depth` levels), or a cell in use.
 pub fn holds_object(value: &Dynamic, depth: usize) -> bool {
-    if value.is::<Object>() {
+    if in_use(value) || value.is::<Object>() {
         return true;
     }
     if depth == 0 {
@@ -434,6 +502,9 @@ pub fn to_data(value: &Dynamic, depth: usize, open: &mut Vec<usize>) -> Result<D
             "data nested deeper than {} levels",
             super::bounds::MAX_DEPTH
         ));
+    }
+    if in_use(value) {
+        return Err("a field is in use by a method called through it".into());
     }
     if let Some(object) = Object::of(value) {
         if open.contains(&object.address()) {

@@ -9,10 +9,13 @@ use std::fmt::Write;
 use rhai::{Array, Dynamic, Map};
 
 use super::bounds::MAX_DEPTH;
-use super::objects::Object;
+use super::objects::{Object, in_use};
 
 /// `value` printed; `debug` quotes a string at the top too.
 pub fn print(value: &Dynamic, debug: bool) -> String {
+    if in_use(value) {
+        return IN_USE.into();
+    }
     if !debug && let Ok(s) = value.as_immutable_string_ref() {
         return s.to_string();
     }
@@ -29,7 +32,14 @@ pub fn print(value: &Dynamic, debug: bool) -> String {
     out
 }
 
+/// What a field prints as while a method called through it runs (Rhai holds it).
+const IN_USE: &str = "[in use]";
+
 fn write(out: &mut String, value: &Dynamic, depth: usize, open: &mut Vec<usize>) {
+    if in_use(value) {
+        out.push_str(IN_USE);
+        return;
+    }
     if depth > MAX_DEPTH {
         out.push_str("[nested deeper than ");
         let _ = write!(out, "{MAX_DEPTH} levels]");
@@ -59,7 +69,16 @@ fn write(out: &mut String, value: &Dynamic, depth: usize, open: &mut Vec<usize>)
     if value.is_shared() {
         return write(out, &value.flatten_clone(), depth, open);
     }
-    let _ = write!(out, "{value}");
+    if value.is_unit() {
+        out.push_str("()");
+        return;
+    }
+    match super::convert::native_label(value) {
+        Some(label) => out.push_str(&label),
+        None => {
+            let _ = write!(out, "{value}");
+        }
+    }
 }
 
 fn write_map(out: &mut String, map: &Map, depth: usize, open: &mut Vec<usize>) {

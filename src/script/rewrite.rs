@@ -16,6 +16,9 @@
 //!   first look for a getter named `get$name`, fail, build an error message and only then try
 //!   the indexer; on a map both mean the same. **`this.name = v` and `this.name op= v`** are
 //!   one native call each (fields.rs).
+//! - **A function stored into a map variable makes it an object**: `h.onMessage = |ws, e| …`
+//!   becomes `__wshost_set_function(h, "onMessage", |ws, e| …)`, which turns the map `h` holds
+//!   into an object first (the JavaScript habit of building a handler field by field).
 //!
 //! Closures are not rewritten (Rhai runs them from its own copy): a literal with a function
 //! made inside a closure becomes an object where it becomes a handler.
@@ -40,6 +43,8 @@ pub struct Calls {
     set: FnCallExpr,
     /// `__wshost_update(this, name, op, value)`.
     update: FnCallExpr,
+    /// `__wshost_set_function(variable, name, function)`.
+    set_function: FnCallExpr,
 }
 
 impl Calls {
@@ -63,6 +68,7 @@ impl Calls {
             object: call("object(x)"),
             set: call("__wshost_set(a, b, c)"),
             update: call("__wshost_update(a, b, c, d)"),
+            set_function: call("__wshost_set_function(a, b, c)"),
         }
     }
 }
@@ -194,6 +200,19 @@ impl<'a> Rewrite<'a> {
         let Expr::Dot(dot, flags, _) = &mut binary.lhs else {
             return None;
         };
+        // `h.name = <function>` on a variable.
+        if let (Expr::Variable(..), Expr::Property(prop, name_pos)) = (&dot.lhs, &dot.rhs)
+            && flags.is_empty()
+            && !op.is_op_assignment()
+            && is_function(&binary.rhs)
+        {
+            let name = Expr::StringConstant(prop.2.clone(), *name_pos);
+            let variable = std::mem::take(&mut dot.lhs);
+            let value = std::mem::take(&mut binary.rhs);
+            let mut call = self.calls.set_function.clone();
+            call.args = [variable, name, value].into_iter().collect();
+            return Some(Stmt::FnCall(Box::new(call), op.position()));
+        }
         let (Expr::ThisPtr(this_pos), Expr::Property(prop, name_pos)) = (&dot.lhs, &dot.rhs) else {
             return None;
         };

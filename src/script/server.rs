@@ -192,7 +192,7 @@ fn new_server(
     handler: Dynamic,
     options: Map,
 ) -> Res<ServerObj> {
-    let handler = handler_object(ctx, handler, "WebSocketServer.new")?;
+    let handler = handler_object(ctx, handler, ncc.call_source(), "WebSocketServer.new")?;
     if !has_callback(ctx, &handler, "onConnection") {
         return Err(api_error(
             "WebSocketServer.new: the handler has no onConnection callback",

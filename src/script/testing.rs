@@ -109,8 +109,14 @@ fn check_eq(
     }
     let what = if want_equal { "assert_eq" } else { "assert_ne" };
     let extra = message.map(|m| format!(": {m}")).unwrap_or_default();
+    // As scripts print them (an object with its class and fields), not as Rust names them.
+    let shown = |v: Dynamic| {
+        ncc.call_fn::<String>("to_debug", (v.clone(),))
+            .unwrap_or_else(|_| format!("{v:?}"))
+    };
+    let (a, b) = (shown(a), shown(b));
     Err(api_error(format!(
-        "{what} failed{extra}\n  left: {a:?}\n right: {b:?}"
+        "{what} failed{extra}\n  left: {a}\n right: {b}"
     )))
 }
 
