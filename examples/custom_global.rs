@@ -18,8 +18,8 @@ fn main() -> anyhow::Result<()> {
     ]));
 
     let mut config = HostConfig::default().with_globals(move |engine| {
-        // Runs on each engine of each script worker (two per worker: top level and
-        // callbacks), on its thread, after wshost's own globals.
+        // Runs on the engine of each script worker, on its thread, after wshost's own
+        // globals.
         let users = users.clone();
         engine.register_fn("lookup_user", move |token: &str| -> Dynamic {
             match users.get(token) {

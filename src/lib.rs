@@ -63,9 +63,10 @@
 //! });
 //! ```
 //!
-//! Each worker is one thread with its own engines (two: one runs the top-level code and tests,
-//! one the callbacks; your function is given each), and a callback runs to its end before the
-//! next one starts: a registered function that blocks holds up that worker's connections.
+//! Each worker is one thread with its own engine, and a callback runs to its end before the
+//! next one starts: a registered function that blocks holds up that worker's connections. A
+//! function of yours that panics fails the callback that called it, as a script error would;
+//! the connection and the worker go on.
 //!
 //! ## Limits
 //!

@@ -269,3 +269,23 @@ async fn an_edited_closure_handler_runs_the_new_code_on_open_connections() {
         host.stderr()
     );
 }
+
+#[tokio::test]
+async fn on_reload_reaches_every_instance_of_the_edited_class_handler_or_not() {
+    let (_keep, dir) = workspace();
+    let host = start(&dir, "model.rhai");
+    let mut a = connect(&host.url("/")).await;
+    for n in 1..=3 {
+        assert_eq!(ask(&mut a, "x").await, format!("v1 {n}"));
+    }
+    // Version 2 keeps its count in another field: onReload moves it.
+    save_by_rename(
+        &dir.join("Tally.rhai"),
+        "fn add() { this.count += 1; }\n\
+         fn total() { `v2 ${this.count}` }\n\
+         fn onReload(event) { this.count = this.n * 10; this.n = (); }\n",
+    );
+    let answer = ask_until(&mut a, "x", "v2").await;
+    // 3 counted (or 4, if one more message ran the old code), times 10, plus this one.
+    assert!(answer == "v2 31" || answer == "v2 41", "{answer}");
+}

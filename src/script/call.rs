@@ -214,7 +214,7 @@ impl CallCache {
         let caches = &mut *caches;
         let mut scope = Kept::take(&self.scope, Scope::new);
         let scope = &mut *scope;
-        let result = match self.body(name, args.len()) {
+        let result = super::engine::catch_panic(|| match self.body(name, args.len()) {
             Some(body) => {
                 for (param, value) in body.params.iter().zip(args.iter_mut()) {
                     scope.push_dynamic(param.clone(), std::mem::take(value));
@@ -231,7 +231,7 @@ impl CallCache {
                     std::iter::once(this).chain(args.iter_mut()).collect();
                 ctx.call_fn_raw(name, true, true, &mut refs)
             }
-        };
+        });
         scope.clear();
         // Rhai caches what each call resolved, "not found" included: a script calling
         // functions by names from data would grow the cache without end.

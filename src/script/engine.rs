@@ -143,6 +143,27 @@ impl Deadline {
     }
 }
 
+/// Runs script code (`f`), turning a panic inside it (a bug of a native function, ours or an
+/// embedding program's) into a script error: it costs the callback that called it, not the
+/// worker's thread and every connection on it. (Rust's panic hook has printed it already.)
+pub fn catch_panic<T>(
+    f: impl FnOnce() -> Result<T, Box<rhai::EvalAltResult>>,
+) -> Result<T, Box<rhai::EvalAltResult>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(super::error::api_error(format!(
+                "a native function panicked: {what}"
+            )))
+        }
+    }
+}
+
 /// An engine with wshost's syntax and limits, and no API registered yet.
 pub fn new_engine(budget: &Budget, deadline: &Deadline) -> Engine {
     let mut engine = Engine::new();

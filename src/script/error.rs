@@ -107,8 +107,9 @@ impl ScriptError {
             EvalAltResult::ErrorStackOverflow(..) => {
                 "stopped: too many nested calls (endless recursion?)".into()
             }
-            // Objects share their fields (objects.rs): `a.items.x.method()` holds `a.items`
-            // while the method runs, and the method reached it again.
+            // An object's array or map field is a shared cell (objects.rs):
+            // `a.items.x.method()` holds `a.items` while the method runs, and the method
+            // reached it again.
             EvalAltResult::ErrorDataRace(..) => "an object's field was used while a method \
                 called through it runs (`a.items.x.method()` holds `a.items` until it returns): \
                 take the object in a variable first (`let x = a.items.x; x.method()`)"

@@ -20,6 +20,17 @@ pub fn register(engine: &mut Engine) {
             write(this, &name, value)
         },
     );
+    // The common ones with the operator in the name: one argument less to pass and match.
+    for (name, op_assign) in QUICK {
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext,
+                  this: &mut Dynamic,
+                  field: ImmutableString,
+                  rhs: Dynamic|
+                  -> Res<()> { update(&ctx, this, &field, op_assign, rhs) },
+        );
+    }
     engine.register_fn(
         "__wshost_update",
         |ctx: NativeCallContext,
@@ -30,6 +41,14 @@ pub fn register(engine: &mut Engine) {
          -> Res<()> { update(&ctx, this, &name, &op_assign, rhs) },
     );
 }
+
+/// The op-assignments with a call of their own: `this.x += v` is `__wshost_add(this, "x", v)`.
+pub const QUICK: [(&str, &str); 4] = [
+    ("__wshost_add", "+="),
+    ("__wshost_sub", "-="),
+    ("__wshost_mul", "*="),
+    ("__wshost_div", "/="),
+];
 
 /// Field `name` of `this`, `()` when it has none.
 fn read(this: &Dynamic, name: &str) -> Res<Dynamic> {

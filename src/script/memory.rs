@@ -17,9 +17,9 @@ use super::objects::Object;
 use crate::event::{ConnId, ErrorKind, ServerId};
 
 /// Bytes that `value` holds, estimated: strings, arrays, blobs and maps and what they hold,
-/// and the values a closure captured. Shared values are followed once each: objects share
-/// their fields (objects.rs), and objects that hold each other (a room and its lobby) would
-/// otherwise be walked around the cycle; depth is capped too.
+/// and the values a closure captured, objects and their fields. Objects and shared values are
+/// followed once each: several may hold one (objects.rs), and objects that hold each other (a
+/// room and its lobby) would otherwise be walked around the cycle; depth is capped too.
 pub fn estimate(value: &Dynamic) -> usize {
     size(value, 0, &mut FxHashSet::default())
 }

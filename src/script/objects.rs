@@ -479,19 +479,23 @@ pub fn in_use(value: &Dynamic) -> bool {
 
 /// True if `value` is or holds an object (to `depth` levels), or a cell in use.
 pub fn holds_object(value: &Dynamic, depth: usize) -> bool {
-    if in_use(value) || value.is::<Object>() {
-        return true;
+    // (Discriminant checks first: on the path of every `send`.)
+    if value.is_shared() {
+        if in_use(value) {
+            return true;
+        }
+        let inner = value.read_lock::<Dynamic>().expect("not in use");
+        return holds_object(&inner, depth);
     }
-    if depth == 0 {
-        return false;
+    if value.is_map() {
+        let map = value.read_lock::<Map>().expect("a map");
+        return depth > 0 && map.values().any(|v| holds_object(v, depth - 1));
     }
-    if let Some(array) = value.read_lock::<rhai::Array>() {
-        return array.iter().any(|v| holds_object(v, depth - 1));
+    if value.is_array() {
+        let array = value.read_lock::<rhai::Array>().expect("an array");
+        return depth > 0 && array.iter().any(|v| holds_object(v, depth - 1));
     }
-    if let Some(map) = value.read_lock::<Map>() {
-        return map.values().any(|v| holds_object(v, depth - 1));
-    }
-    false
+    value.is::<Object>()
 }
 
 /// `value` as plain data, for JSON: an object becomes a map of its fields that are not

@@ -136,10 +136,26 @@ impl Dispatch<'_> {
         }
     }
 
-    /// Calls `onReload(event)` on every handler whose code is in `file` (its class file, or
-    /// the file that made an inline handler).
+    /// Calls `onReload(event)` on every object whose code is in `file`: each live instance
+    /// of the class in it (handler or not: a model object migrates its state too), and each
+    /// handler written as a literal there (or in a server's file). Once each.
     fn call_on_reload(&self, file: &str) {
-        let targets: Vec<(Dynamic, Option<std::rc::Rc<str>>)> = {
+        let mut targets: Vec<(Dynamic, Option<std::rc::Rc<str>>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let class = self
+            .ctx
+            .classes
+            .borrow()
+            .file(file)
+            .and_then(|s| s.class.clone());
+        if let Some(class) = class {
+            for o in self.ctx.objects.live() {
+                if o.class().is_some_and(|c| c.as_str() == class) && seen.insert(o.address()) {
+                    targets.push((o.into_dynamic(), None));
+                }
+            }
+        }
+        {
             let reg = self.ctx.registry.borrow();
             let servers = reg
                 .servers
@@ -149,13 +165,15 @@ impl Dispatch<'_> {
                 .conns
                 .values()
                 .map(|c| (c.handler.clone(), c.home.clone()));
-            servers
-                .chain(conns)
-                .filter(|(h, home)| {
-                    self.class_file(h).or_else(|| home.clone()).as_deref() == Some(file)
-                })
-                .collect()
-        };
+            for (h, home) in servers.chain(conns) {
+                let Some(o) = Object::of(&h) else { continue };
+                let code = o.home().map(std::rc::Rc::from).or(home.clone());
+                if o.class().is_none() && code.as_deref() == Some(file) && seen.insert(o.address())
+                {
+                    targets.push((h, home));
+                }
+            }
+        }
         let mut event = event_map("reload");
         event.insert("file".into(), file.into());
         for (handler, home) in targets {
@@ -188,7 +206,9 @@ impl Dispatch<'_> {
                 }
             }
             self.ctx.deadline.start(&self.ctx.budget);
-            let result = self.engine.run_ast_with_scope(&mut Scope::new(), ast);
+            let result = super::engine::catch_panic(|| {
+                self.engine.run_ast_with_scope(&mut Scope::new(), ast)
+            });
             self.ctx.deadline.clear();
             result
         });

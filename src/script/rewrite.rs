@@ -45,6 +45,8 @@ pub struct Calls {
     update: FnCallExpr,
     /// `__wshost_set_function(variable, name, function)`.
     set_function: FnCallExpr,
+    /// `__wshost_add(this, name, value)` and its kind, by operator (fields.rs).
+    quick: Vec<(&'static str, FnCallExpr)>,
 }
 
 impl Calls {
@@ -69,6 +71,10 @@ impl Calls {
             set: call("__wshost_set(a, b, c)"),
             update: call("__wshost_update(a, b, c, d)"),
             set_function: call("__wshost_set_function(a, b, c)"),
+            quick: super::fields::QUICK
+                .iter()
+                .map(|(name, op)| (*op, call(&format!("{name}(a, b, c)"))))
+                .collect(),
         }
     }
 }
@@ -226,6 +232,14 @@ impl<'a> Rewrite<'a> {
         let call = match op.get_op_assignment_info() {
             None => {
                 let mut call = self.calls.set.clone();
+                call.args = [this, name, value].into_iter().collect();
+                call
+            }
+            Some((.., op_assign, _, _))
+                if let Some((_, quick)) =
+                    self.calls.quick.iter().find(|(op, _)| *op == op_assign) =>
+            {
+                let mut call = quick.clone();
                 call.args = [this, name, value].into_iter().collect();
                 call
             }

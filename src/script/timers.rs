@@ -168,7 +168,7 @@ impl Dispatch<'_> {
             if let Some(script) = script {
                 self.ctx.deadline.start(&self.ctx.budget);
                 // A closure made in a method or callback sees its object as `this`.
-                let result = match &timer.this {
+                let result = super::engine::catch_panic(|| match &timer.this {
                     Some(this) => self.ctx.this.with(this, || {
                         let mut this = this.clone();
                         timer.callback.call_as_method::<Dynamic>(
@@ -179,7 +179,7 @@ impl Dispatch<'_> {
                         )
                     }),
                     None => timer.callback.call::<Dynamic>(self.engine, &script.ast, ()),
-                };
+                });
                 self.ctx.deadline.clear();
                 if let Err(e) = result {
                     let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());

@@ -175,10 +175,10 @@ impl Worker {
             Err(e) => return Exit::Test(Err(e)),
         };
         self.ctx.deadline.start_for(test.timeout);
-        let mut result = self
-            .engine
-            .run_ast_with_scope(&mut Scope::new(), &entry)
-            .map(|_| ());
+        let mut result = super::engine::catch_panic(|| {
+            self.engine.run_ast_with_scope(&mut Scope::new(), &entry)
+        })
+        .map(|_| ());
         if let (Ok(_), Some(function)) = (&result, &test.function) {
             let script = self.ctx.classes.borrow().file_or_entry(None);
             if let Some(script) = script {
@@ -249,7 +249,9 @@ impl Worker {
 
         let (top, failures) = self.ctx.top_level.first_run(|| {
             self.ctx.deadline.start(&self.ctx.budget);
-            let top = self.engine.run_ast_with_scope(&mut Scope::new(), &entry);
+            let top = super::engine::catch_panic(|| {
+                self.engine.run_ast_with_scope(&mut Scope::new(), &entry)
+            });
             self.ctx.deadline.clear();
             top
         });
