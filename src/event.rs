@@ -92,7 +92,8 @@ struct Shared {
     // 32 slots per channel up front (1.3 KiB per idle connection).
     commands: flume::Sender<Command>,
     status: AtomicU8,
-    /// Cancelled when the outgoing queue overflowed: the socket task closes with 1008.
+    /// Cancelled when the outgoing queue overflowed: the socket task closes with 1008. (Also
+    /// when a client is closed before it connected: its connect gives up.)
     overflow: Cancel,
     /// Messages the socket task may still hand to the worker before it stops reading (an
     /// atomic count, not a semaphore: giving room back is on every message's path, and
@@ -241,8 +242,14 @@ impl ConnectionHandle {
     /// Starts the closing handshake with `code` and `reason` (already validated).
     /// Returns false if the connection was already closing.
     pub fn close(&self, code: u16, reason: String) -> bool {
+        let connecting = self.status() == Status::Connecting;
         if !self.begin_closing() {
             return false;
+        }
+        if connecting {
+            // A client still connecting: nothing is open to close; its connect gives up.
+            self.shared.overflow.cancel();
+            return true;
         }
         if let Err(flume::TrySendError::Full(_)) = self
             .shared

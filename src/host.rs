@@ -340,30 +340,48 @@ impl Host {
         let on_signals = signals == Signals::Stop;
         let exit = runtime.block_on(async move {
             let mut done_rx = done_rx;
+            let mut caught = match (on_signals, caught) {
+                (false, _) => None,
+                (true, Some(caught)) => Some(caught),
+                (true, None) => CaughtSignals::new()
+                    .map_err(|e| tracing::warn!("{e:#}"))
+                    .ok(),
+            };
             tokio::select! {
                 exit = &mut done_rx => return exit.ok(),
-                _ = stop_signal(caught), if on_signals => {}
+                _ = next_signal(&mut caught) => {}
             }
             tracing::info!("stopping: closing every connection (1001)");
             stop.stop();
             // A worker busy in a callback cannot close its connections: after a moment the
             // callbacks running then are interrupted (those of the stop itself still run).
+            // A second signal ends the process at once.
             let patience = (shutdown_timeout / 5).min(Duration::from_secs(1));
-            if let Ok(exit) = tokio::time::timeout(patience, &mut done_rx).await {
-                return exit.ok();
+            tokio::select! {
+                exit = tokio::time::timeout(patience, &mut done_rx) => {
+                    if let Ok(exit) = exit {
+                        return exit.ok();
+                    }
+                }
+                _ = next_signal(&mut caught) => return Some(second_signal()),
             }
             tracing::warn!("stopping: interrupting the callbacks still running");
             net.interrupt().raise();
-            match tokio::time::timeout(shutdown_timeout - patience, &mut done_rx).await {
-                Ok(exit) => exit.ok(),
-                Err(_) => {
-                    tracing::error!(
-                        "stop did not finish within {shutdown_timeout:?} (a callback stuck in \
-                         a native call?): exiting anyway; connections still open get no close \
-                         frame"
-                    );
-                    Some(Exit::StopForced)
+            tokio::select! {
+                exit = tokio::time::timeout(shutdown_timeout - patience, &mut done_rx) => {
+                    match exit {
+                        Ok(exit) => exit.ok(),
+                        Err(_) => {
+                            tracing::error!(
+                                "stop did not finish within {shutdown_timeout:?} (a callback stuck \
+                                 in a native call?): exiting anyway; connections still open get \
+                                 no close frame"
+                            );
+                            Some(Exit::StopForced)
+                        }
+                    }
                 }
+                _ = next_signal(&mut caught) => Some(second_signal()),
             }
         });
         // The acceptor only accepts: nothing to wait for.
@@ -414,15 +432,18 @@ impl CaughtSignals {
     }
 }
 
-async fn stop_signal(caught: Option<CaughtSignals>) {
+/// The next SIGINT or SIGTERM (never, without signals to listen to).
+async fn next_signal(caught: &mut Option<CaughtSignals>) {
     match caught {
-        Some(mut caught) => caught.recv().await,
-        None => match CaughtSignals::new() {
-            Ok(mut caught) => caught.recv().await,
-            Err(e) => {
-                tracing::warn!("{e:#}");
-                std::future::pending().await
-            }
-        },
+        Some(caught) => caught.recv().await,
+        None => std::future::pending().await,
     }
+}
+
+/// A second signal during a stop: the process ends now (exit 3).
+fn second_signal() -> Exit {
+    tracing::warn!(
+        "stopping: a second signal: exiting now; connections still open get no close frame"
+    );
+    Exit::StopForced
 }

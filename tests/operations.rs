@@ -143,3 +143,86 @@ async fn a_drain_past_drain_timeout_is_forced_and_exits_3() {
     );
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_stop_ends_with_500_clients_and_a_client_that_reconnects() {
+    let mut host = Host::start_with(
+        &fixture("reconnecting_stop.rhai"),
+        &["--drain-timeout", "3"],
+    );
+    host.wait_stdout("link open", TIMEOUT)
+        .expect("the script's client connects");
+    let mut clients = Vec::new();
+    for _ in 0..500 {
+        clients.push(connect(&host.url("/")).await);
+    }
+    let started = Instant::now();
+    host.terminate();
+    for ws in clients.iter_mut() {
+        assert_eq!(recv_close(ws).await.0, 1001);
+    }
+    let status = host.wait_exit(TIMEOUT).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", host.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let out = host.stdout();
+    // The client closed with 1001, saw the stop, and its reconnect was not made.
+    assert!(out.contains("link closed 1001, stopping: true"), "{out}");
+    assert!(!out.contains("link error"), "{out}");
+}
+
+#[tokio::test]
+async fn a_second_signal_during_a_stop_exits_at_once() {
+    let mut host = Host::start_with("scripts/echo.rhai", &["--drain-timeout", "10"]);
+    // This peer never answers the close frame: the stop would wait 2 s for it.
+    let stuck = raw_upgraded(host.port).await;
+    host.terminate();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    host.terminate();
+    let status = host.wait_exit(TIMEOUT).expect("exits");
+    assert_eq!(status.code(), Some(3), "{}", host.stderr());
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        host.stderr().contains("a second signal"),
+        "{}",
+        host.stderr()
+    );
+    drop(stuck);
+}
+
+#[test]
+fn a_server_that_cannot_listen_exits_2_even_with_a_reconnecting_client() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut child = std::process::Command::new(bin())
+        .current_dir(repo())
+        .args(["run", &fixture("reconnecting_stop.rhai"), "--port", &port])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after 8 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    drop(taken);
+}

@@ -289,3 +289,38 @@ async fn on_reload_reaches_every_instance_of_the_edited_class_handler_or_not() {
     // 3 counted (or 4, if one more message ran the old code), times 10, plus this one.
     assert!(answer == "v2 31" || answer == "v2 41", "{answer}");
 }
+
+#[tokio::test]
+async fn an_entry_edit_of_functions_and_comments_runs_no_top_level() {
+    let (_keep, dir) = workspace();
+    let host = start(&dir, "ticking.rhai");
+    let mut ws = connect(&host.url("/")).await;
+    let count = |answer: &str| -> u64 { answer.split(' ').nth(1).unwrap().parse().unwrap() };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = count(&ask(&mut ws, "x").await);
+    assert!(before > 0, "the timer ticks");
+    let entry = dir.join("ticking.rhai");
+    let edited = std::fs::read_to_string(&entry)
+        .unwrap()
+        .replace("`r1 ", "`r2 ")
+        .replace("// Reload fixture", "// A comment more.\n// Reload fixture");
+    save_by_rename(&entry, &edited);
+    let after = count(&ask_until(&mut ws, "x", "r2").await);
+    // The same model object: the count goes on from where it was (a new top level would
+    // have made a new one, from 0), and its timer still runs.
+    assert!(after >= before, "{before} then {after}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later = count(&ask(&mut ws, "x").await);
+    assert!(later > after, "{after} then {later}: the timer stopped");
+    let log = host
+        .wait_stderr("is not run again", TIMEOUT)
+        .expect("said in the log");
+    assert!(!host.stderr().contains("top level run again"), "{log}");
+    // A top-level edit runs it again, as before.
+    save_by_rename(
+        &entry,
+        &edited.replace("setInterval(|| tally.add(), 10);", ""),
+    );
+    host.wait_stderr("top level run again", TIMEOUT)
+        .expect("run again");
+}

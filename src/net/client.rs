@@ -69,15 +69,46 @@ impl Network {
         event_loop.spawn(async move {
             let handle = port.handle.clone();
             let id = handle.id();
-            match open(&request, &config, tls).await {
-                Ok(ws) => connection::run(ws, port.handle, port.commands, events, &config).await,
-                Err((kind, message)) => {
+            let opened = tokio::select! {
+                opened = open(&request, &config, tls) => Some(opened),
+                // Closed while connecting (`terminate()`, a stop): no connection, no error.
+                _ = handle.overflow().cancelled() => None,
+            };
+            match opened {
+                _ if handle.overflow().is_cancelled() => {
+                    tracing::debug!("client {id} to {}: closed before it connected", request.url);
+                    connection::report_end(&handle, &events, None, 1006, String::new(), false)
+                        .await;
+                }
+                None => {}
+                Some(Ok(ws)) => {
+                    connection::run(ws, port.handle, port.commands, events, &config).await
+                }
+                Some(Err((kind, message))) => {
                     tracing::debug!("client {id} to {}: {message}", request.url);
                     let failure = Some((kind, message));
                     connection::report_end(&handle, &events, failure, 1006, String::new(), false)
                         .await;
                 }
             }
+        });
+    }
+}
+
+impl Network {
+    /// A client that fails at once with `message` (the host is stopping): `Error`, then
+    /// `Closed` with 1006, as a connection that could not be made.
+    pub fn fail_connect(
+        &self,
+        port: ConnectionPort,
+        events: Events,
+        event_loop: &tokio::runtime::Handle,
+        message: String,
+    ) {
+        event_loop.spawn(async move {
+            let handle = port.handle.clone();
+            let failure = Some((ErrorKind::Connect, message));
+            connection::report_end(&handle, &events, failure, 1006, String::new(), false).await;
         });
     }
 }

@@ -32,6 +32,10 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>, args: &[String]) {
     // This host's name in a cluster (`--cluster`); alone, a name all the same.
     globals.set_var("NODE_ID", ctx.net.node().as_str().to_string());
     engine.register_global_module(globals.into());
+    // `stopping()`: true once the host is stopping (SIGTERM, Ctrl-C), so that a script stops
+    // reconnecting or scheduling work.
+    let c = ctx.clone();
+    engine.register_fn("stopping", move || c.shutting_down.get());
 
     super::server::register(engine, ctx);
     super::connection::register(engine, ctx);

@@ -183,14 +183,24 @@ fn new_client(
         url: url.into(),
         handler: handler_value,
     };
-    ctx.net.connect(
-        ClientRequest {
-            url: url.to_string(),
-            headers,
-        },
-        port,
-        ctx.events.clone(),
-        ctx.event_loop.handle(),
-    );
+    if ctx.shutting_down.get() {
+        // A reconnect from `onTerminate` while the host stops must not hold the stop up.
+        ctx.net.fail_connect(
+            port,
+            ctx.events.clone(),
+            ctx.event_loop.handle(),
+            "the host is stopping: no new connection".into(),
+        );
+    } else {
+        ctx.net.connect(
+            ClientRequest {
+                url: url.to_string(),
+                headers,
+            },
+            port,
+            ctx.events.clone(),
+            ctx.event_loop.handle(),
+        );
+    }
     Ok(client)
 }

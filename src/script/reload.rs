@@ -57,9 +57,23 @@ impl Dispatch<'_> {
                 self.call_on_reload(&file);
             }
             Ok(Reloaded::Entry(ast)) => {
-                self.rerun_top_level(&file, &ast);
-                self.renew_closures(&file, previous.as_ref(), path);
-                tracing::info!("reloaded {file} (top level run again) in {:.2} ms", ms());
+                let now = self.ctx.classes.borrow().own_ast(path);
+                let same_top_level = previous
+                    .as_ref()
+                    .zip(now.as_ref())
+                    .is_some_and(|(old, new)| top_level_shape(old) == top_level_shape(new));
+                if same_top_level {
+                    self.renew_closures(&file, previous.as_ref(), path);
+                    tracing::info!(
+                        "reloaded {file} in {:.2} ms: only functions or comments changed, so its \
+                         top level is not run again (its objects, timers, clients and servers go on)",
+                        ms()
+                    );
+                } else {
+                    self.rerun_top_level(&file, &ast);
+                    self.renew_closures(&file, previous.as_ref(), path);
+                    tracing::info!("reloaded {file} (top level run again) in {:.2} ms", ms());
+                }
                 self.call_on_reload(&file);
             }
             Err(e) => tracing::error!(
@@ -108,6 +122,27 @@ impl Dispatch<'_> {
             for f in reg.timers.callbacks_mut() {
                 renew(f, &|| "a timer".to_string());
             }
+        }
+        // Closures in the fields of other objects (a model object's callback, say).
+        let handlers: std::collections::HashSet<usize> = {
+            let reg = self.ctx.registry.borrow();
+            let servers = reg.servers.values().map(|s| &s.handler);
+            let conns = reg.conns.values().map(|c| &c.handler);
+            servers
+                .chain(conns)
+                .filter_map(|h| Object::of(h).map(|o| o.address()))
+                .collect()
+        };
+        for o in self.ctx.objects.live() {
+            if handlers.contains(&o.address()) {
+                continue;
+            }
+            let what = o
+                .class()
+                .map_or("an object".to_string(), |c| format!("a {c}"));
+            renew_handler(&o.into_dynamic(), &mut |f, key| {
+                renew(f, &|| format!("{key} of {what}"))
+            });
         }
         if renewed > 0 {
             tracing::info!(
@@ -282,6 +317,55 @@ fn keep_state(old: &Dynamic, new: &Dynamic) {
     }
     // Everybody holds `old`: it is the one to change.
     old.replace_fields(merged);
+}
+
+/// The top-level statements of `ast` without their positions and the names of the closures
+/// they make (both change when a comment or a function above them does): equal for two
+/// versions whose top level does the same. A closure's body is a function's, renewed apart.
+fn top_level_shape(ast: &AST) -> String {
+    let text = format!("{:?}", ast.statements());
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    // Inside a string literal (Debug escapes its quotes), digits are text, not a position.
+    let mut in_string = false;
+    while i < bytes.len() {
+        if bytes[i] == b'"' && (i == 0 || bytes[i - 1] != b'\\') {
+            in_string = !in_string;
+        }
+        // `anon$` and 16 hex digits: a closure's name, a hash of its code and position.
+        if text[i..].starts_with("anon$") {
+            out.push_str("anon$");
+            i += 5;
+            while i < bytes.len() && bytes[i].is_ascii_hexdigit() {
+                i += 1;
+            }
+            continue;
+        }
+        // `LINE:COL`: a position.
+        if !in_string
+            && bytes[i].is_ascii_digit()
+            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+        {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i + 1 < bytes.len() && bytes[i] == b':' && bytes[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push('_');
+            } else {
+                out.push_str(&text[start..i]);
+            }
+            continue;
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
 }
 
 /// For each edited closure of `old` (by its generated name): its new version in `new`, or None

@@ -35,10 +35,15 @@ pub struct Timers {
 
 impl Timers {
     pub fn add(&mut self, after: Duration, timer: Timer) -> i64 {
-        self.next_id += 1;
-        let id = self.next_id;
+        let id = self.new_id();
         self.insert(id, Instant::now() + after, timer);
         id
+    }
+
+    /// An id no timer has had.
+    pub fn new_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
     }
 
     /// Every pending timer's callback, to give it new code (reload.rs).
@@ -126,6 +131,11 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
                         "{}: delay must be >= 0 ms, got {ms}",
                         ncc.fn_name()
                     )));
+                }
+                // Once the host is stopping no timer fires: a retry scheduled from
+                // `onTerminate` must not hold the stop up.
+                if c.shutting_down.get() {
+                    return Ok(c.registry.borrow_mut().timers.new_id());
                 }
                 let delay = Duration::from_millis(ms as u64);
                 let timer = Timer {

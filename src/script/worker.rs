@@ -97,7 +97,8 @@ struct Worker {
     ctx: Rc<Ctx>,
     entry_path: PathBuf,
     test: Option<TestCase>,
-    started: Option<std::sync::mpsc::Sender<()>>,
+    /// Told once the top level ran well; dropped (the host stops waiting) when it did not.
+    started: std::cell::Cell<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 impl Worker {
@@ -163,7 +164,7 @@ impl Worker {
             ctx,
             entry_path: options.entry,
             test: options.test,
-            started: options.started,
+            started: std::cell::Cell::new(options.started),
         })
     }
 
@@ -263,8 +264,10 @@ impl Worker {
         } else {
             (!failures.is_empty()).then_some(Exit::ListenFailed(failures))
         };
-        match (&exit, &self.started) {
-            // Only a good start lets the host start the other workers.
+        // Only a good start lets the host start the other workers; a failed one lets the host
+        // go on at once to wait for this worker's end (signals included), as it stops.
+        let started = self.started.take();
+        match (&exit, started) {
             (None, Some(started)) => {
                 let _ = started.send(());
             }
