@@ -316,3 +316,21 @@ fn a_method_an_object_does_not_have_is_an_error_naming_its_class_and_the_call() 
         "{stderr}"
     );
 }
+
+#[test]
+fn check_reads_cs_names_from_the_code_not_from_comments_or_strings() {
+    let (status, stdout, stderr) = run_cli(&["check", &fixture("check_names/app.rhai")]);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok    tests/fixtures/check_names/Real.rhai"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("app.rhai:4:12: cs.Missing: no class file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Nope") && !stderr.contains("Ghost"),
+        "{stderr}"
+    );
+}

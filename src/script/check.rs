@@ -35,6 +35,10 @@ pub fn check(files: &[PathBuf]) -> Vec<Checked> {
         }
         seen.push(key.clone());
         let compiled = compile_file(&engine, &path, &mut sources);
+        let classes = compiled
+            .as_ref()
+            .map(referenced_classes)
+            .unwrap_or_default();
         if let Ok(ast) = &compiled {
             // Printed here as found: they do not fail the check (exit 0).
             let file = display_name(&path);
@@ -52,8 +56,7 @@ pub fn check(files: &[PathBuf]) -> Vec<Checked> {
         let result = compiled.map(|_| ());
         if result.is_ok() {
             let dir = path.parent().unwrap_or(Path::new("."));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            for name in referenced_classes(&text) {
+            for (name, pos) in classes {
                 match class_path(dir, &name) {
                     Ok(p) if p.exists() => {
                         classes_named.push(p.canonicalize().unwrap_or_else(|_| p.clone()));
@@ -61,9 +64,11 @@ pub fn check(files: &[PathBuf]) -> Vec<Checked> {
                     }
                     Ok(p) => out.push(Checked {
                         file: display_name(&path),
-                        result: Err(ScriptError::plain(
+                        result: Err(ScriptError::at_position(
                             &display_name(&path),
+                            pos,
                             format!("cs.{name}: no class file {}", display_name(&p)),
+                            &sources,
                         )),
                     }),
                     Err(e) => out.push(Checked {

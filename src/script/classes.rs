@@ -413,29 +413,28 @@ fn compile_text(
     result.map_err(|e| ScriptError::from_parse(&e, name, sources))
 }
 
-/// Class names a script mentions as `cs.Name`, in order of first mention.
-pub fn referenced_classes(text: &str) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(at) = text[i..].find("cs.") {
-        let start = i + at;
-        i = start + 3;
-        let standalone = start == 0 || {
-            let c = bytes[start - 1];
-            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
-        };
-        if !standalone {
-            continue;
+/// Class names a compiled script uses as `cs.Name`, in order of first use, each with where:
+/// read from its code, so a `cs.Name` in a comment or a string is not one.
+pub fn referenced_classes(ast: &AST) -> Vec<(String, rhai::Position)> {
+    let mut names: Vec<(String, rhai::Position)> = Vec::new();
+    ast.walk(&mut |path| {
+        if let Some(rhai::ASTNode::Expr(rhai::Expr::Dot(x, _, _))) = path.last()
+            && let rhai::Expr::Variable(v, _, _) = &x.lhs
+            && v.1.as_str() == "cs"
+        {
+            let property = match &x.rhs {
+                rhai::Expr::Dot(inner, ..) | rhai::Expr::Index(inner, ..) => &inner.lhs,
+                other => other,
+            };
+            if let rhai::Expr::Property(p, pos) = property {
+                let name = p.2.to_string();
+                if !names.iter().any(|(n, _)| *n == name) {
+                    names.push((name, *pos));
+                }
+            }
         }
-        let name: String = text[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() && !names.contains(&name) {
-            names.push(name);
-        }
-    }
+        true
+    });
     names
 }
 

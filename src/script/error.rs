@@ -142,6 +142,11 @@ impl ScriptError {
         error
     }
 
+    /// An error at `pos` in `file` found without running it (`wshost check`).
+    pub fn at_position(file: &str, pos: Position, message: String, sources: &Sources) -> Self {
+        Self::at(file.to_string(), pos, message, sources, false)
+    }
+
     /// An error that is not at a script position (a missing file, a bad class name).
     pub fn plain(file: &str, message: impl Into<String>) -> Self {
         Self {

@@ -231,7 +231,9 @@ impl Dispatch<'_> {
             {
                 let mut reg = self.ctx.registry.borrow_mut();
                 for id in &previous.timers {
-                    reg.timers.cancel(*id);
+                    if reg.timers.cancel(*id) {
+                        tracing::info!("reload: cancelled timer {id} made by the old top level");
+                    }
                 }
                 for id in &previous.clients {
                     if let Some(c) = reg.conns.get(id) {

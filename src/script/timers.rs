@@ -68,15 +68,20 @@ impl Timers {
         self.due.insert(id, at);
     }
 
-    pub fn cancel(&mut self, id: i64) {
+    /// Cancels timer `id`; true if it was pending (or running now).
+    pub fn cancel(&mut self, id: i64) -> bool {
+        let mut found = false;
         if let Some((running, cleared)) = &mut self.running
             && *running == id
         {
             *cleared = true;
+            found = true;
         }
         if let Some(at) = self.due.remove(&id) {
             self.queue.remove(&(at, id));
+            found = true;
         }
+        found
     }
 
     pub fn next_due(&self) -> Option<Instant> {
@@ -156,7 +161,7 @@ pub(super) fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
     for name in ["clearTimeout", "clearInterval"] {
         let c = ctx.clone();
         engine.register_fn(name, move |id: i64| {
-            c.registry.borrow_mut().timers.cancel(id)
+            c.registry.borrow_mut().timers.cancel(id);
         });
     }
 }
