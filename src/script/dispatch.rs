@@ -408,6 +408,9 @@ impl Dispatch<'_> {
         let Some(Err(err)) = self.invoke_with(&mut handler, home, name, &mut args) else {
             return args;
         };
+        self.note_test_failure(&err, &handler, name, || {
+            format!("{name} of connection {conn}")
+        });
         tracing::error!(
             conn,
             callback = name,
@@ -458,6 +461,9 @@ impl Dispatch<'_> {
                 "{e2} (connection {conn}, onError){}",
                 e2.snippet()
             );
+            self.note_test_failure(&e2, &Dynamic::UNIT, "onError", || {
+                format!("onError of connection {conn}")
+            });
         }
         if client {
             self.stop_client(conn);
@@ -496,6 +502,9 @@ impl Dispatch<'_> {
                 "{err} (server {server}, {name}){}",
                 err.snippet()
             );
+            self.note_test_failure(&err, &handler, name, || {
+                format!("{name} of server {server}")
+            });
             if name != "onError" {
                 self.report_to_server(server, &err);
             }
@@ -537,7 +546,42 @@ impl Dispatch<'_> {
             "{err} (server {server}, onConnection){}",
             err.snippet()
         );
+        if let Some((handler, _)) = self.server_handler(server) {
+            self.note_test_failure(&err, &handler, "onConnection", || {
+                format!("onConnection of server {server}")
+            });
+        }
         self.report_to_server(server, &err);
+    }
+
+    /// In `wshost test`: a failed assertion in any callback, or an error in a callback whose
+    /// handler has no `onError` to take it, fails the test (the first such one is its
+    /// failure). A handler with an `onError` expects errors.
+    pub(super) fn note_test_failure(
+        &self,
+        err: &ScriptError,
+        handler: &Dynamic,
+        callback: &str,
+        who: impl FnOnce() -> String,
+    ) {
+        if !self.ctx.testing || err.budget && !err.assertion {
+            return;
+        }
+        let uncaught = callback == "onError" || !has_callback(self.ctx, handler, "onError");
+        if !(err.assertion || uncaught) {
+            return;
+        }
+        let mut slot = self.ctx.test_failure.borrow_mut();
+        if slot.is_none() {
+            let mut failure = err.clone();
+            // Said on the first line: an assertion's message goes on with its values.
+            let (first, rest) = match failure.message.split_once('\n') {
+                Some((first, rest)) => (first.to_string(), format!("\n{rest}")),
+                None => (failure.message.clone(), String::new()),
+            };
+            failure.message = format!("{first} (in {}){rest}", who());
+            *slot = Some(failure);
+        }
     }
 
     pub fn report_to_server(&self, server: ServerId, err: &ScriptError) {
@@ -560,6 +604,9 @@ impl Dispatch<'_> {
                 "{e2} (server {server}, onError){}",
                 e2.snippet()
             );
+            self.note_test_failure(&e2, &handler, "onError", || {
+                format!("onError of server {server}")
+            });
         }
     }
 

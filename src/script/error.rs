@@ -65,6 +65,8 @@ pub struct ScriptError {
     pub source_line: Option<String>,
     /// True when the error is a budget (operations, time) rather than a script fault.
     pub budget: bool,
+    /// True when it is a failed `assert…` of `wshost test` (testing.rs).
+    pub assertion: bool,
 }
 
 impl ScriptError {
@@ -126,7 +128,9 @@ impl ScriptError {
             },
             other => without_position(&first_line(&other.to_string())).to_string(),
         };
-        Self::at(src, pos, message, sources, budget)
+        let mut error = Self::at(src, pos, message, sources, budget);
+        error.assertion = matches!(inner, EvalAltResult::ErrorRuntime(v, _) if is_assertion(v));
+        error
     }
 
     /// A syntax error in `file`.
@@ -156,6 +160,7 @@ impl ScriptError {
             message: message.into(),
             source_line: None,
             budget: false,
+            assertion: false,
         }
     }
 
@@ -170,6 +175,7 @@ impl ScriptError {
             message,
             source_line,
             budget,
+            assertion: false,
         }
     }
 }
@@ -288,6 +294,21 @@ pub fn api_error(message: impl Into<String>) -> Box<EvalAltResult> {
 }
 
 /// The message of an [`api_error`] value.
+/// A failed assertion of `wshost test`: an error map marked so.
+pub fn assertion_error(message: impl Into<String>) -> Box<EvalAltResult> {
+    let mut map = rhai::Map::new();
+    map.insert("message".into(), message.into().into());
+    map.insert("assertion".into(), true.into());
+    EvalAltResult::ErrorRuntime(map.into(), Position::NONE).into()
+}
+
+fn is_assertion(value: &rhai::Dynamic) -> bool {
+    value
+        .read_lock::<rhai::Map>()
+        .and_then(|m| m.get("assertion").and_then(|a| a.as_bool().ok()))
+        .unwrap_or(false)
+}
+
 fn api_message(value: &rhai::Dynamic) -> Option<String> {
     let map = value.read_lock::<rhai::Map>()?;
     map.get("message")?.clone().into_string().ok()

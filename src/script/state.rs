@@ -138,6 +138,10 @@ pub struct Ctx {
     pub this: ThisStack,
     /// Every object the scripts made (the collector's list).
     pub objects: Rc<Table>,
+    /// `wshost test`: this worker runs a test.
+    pub testing: bool,
+    /// The first callback failure that fails the running test (dispatch.rs).
+    pub test_failure: RefCell<Option<super::error::ScriptError>>,
     /// The message event of the last callback, for the next one.
     pub spares: super::spares::Spares,
 }

@@ -4,7 +4,7 @@
 //! `wait_until` and `sleep` keep dispatching events and timers while the test waits, so the
 //! servers and clients a test made go on working; they run on the test's own worker.
 
-use super::error::api_error;
+use super::error::{api_error, assertion_error};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,14 +24,14 @@ pub fn register(engine: &mut Engine, ctx: &Rc<Ctx>) {
         if cond {
             Ok(())
         } else {
-            Err(api_error("assertion failed"))
+            Err(assertion_error("assertion failed"))
         }
     });
     engine.register_fn("assert", |cond: bool, message: Dynamic| -> Res<()> {
         if cond {
             Ok(())
         } else {
-            Err(api_error(format!("assertion failed: {message}")))
+            Err(assertion_error(format!("assertion failed: {message}")))
         }
     });
     engine.register_fn(
@@ -115,12 +115,17 @@ fn check_eq(
             .unwrap_or_else(|_| format!("{v:?}"))
     };
     let (a, b) = (shown(a), shown(b));
-    Err(api_error(format!(
+    Err(assertion_error(format!(
         "{what} failed{extra}\n  left: {a}\n right: {b}"
     )))
 }
 
 fn check_test_deadline(ctx: &Ctx) -> Res<()> {
+    // A callback of the test failed: the test has failed, no use waiting (the worker reports
+    // that failure, not this error).
+    if ctx.test_failure.borrow().is_some() {
+        return Err(api_error("a callback of the test failed"));
+    }
     if ctx.event_loop.inside() {
         // The loop runs this callback: it cannot also wait inside it.
         return Err(api_error(

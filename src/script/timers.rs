@@ -198,6 +198,8 @@ impl Dispatch<'_> {
                 self.ctx.deadline.clear();
                 if let Err(e) = result {
                     let err = ScriptError::from_eval(&e, &script.file, &self.ctx.sources.borrow());
+                    // Nothing takes a timer's error: uncaught.
+                    self.note_test_failure(&err, &Dynamic::UNIT, "timer", || format!("timer {id}"));
                     tracing::error!(
                         timer = id,
                         location = %err.location(),

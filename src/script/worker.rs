@@ -137,6 +137,8 @@ impl Worker {
             memory: MemoryWatch::default(),
             this: Default::default(),
             objects: Default::default(),
+            testing: options.test.is_some(),
+            test_failure: Default::default(),
             spares: Default::default(),
         });
         let engine = {
@@ -214,7 +216,12 @@ impl Worker {
             }
             dispatch.step(Some(until));
         }
-        Exit::Test(result)
+        // A callback's failure is the test's (a `wait_until` that gave up because of it says
+        // less).
+        match self.ctx.test_failure.borrow_mut().take() {
+            Some(failure) => Exit::Test(Err(failure)),
+            None => Exit::Test(result),
+        }
     }
 
     fn compile_entry(&self) -> Result<AST, ScriptError> {
