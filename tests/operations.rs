@@ -226,3 +226,38 @@ fn a_server_that_cannot_listen_exits_2_even_with_a_reconnecting_client() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     drop(taken);
 }
+
+#[tokio::test]
+async fn a_reconnect_that_never_checks_stopping_still_ends_the_stop() {
+    // onTerminate reconnects at once, every time: once stopping, the new client runs no
+    // callback, so the chain ends.
+    let script = "let h = #{ onTerminate: |ws, e| { print(`closed ${e.code}`); \
+                  WebSocket.new(ws.url, ws.handler); } };\n\
+                  let s = WebSocketServer.new(#{ onConnection: |wss, e| #{ onMessage: |ws, e| () } });\n\
+                  WebSocket.new(`ws://127.0.0.1:${s.port}/`, h);\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eager.rhai");
+    std::fs::write(&path, script).unwrap();
+    let mut host = Host::start(path.to_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    host.terminate();
+    let status = host.wait_exit(TIMEOUT).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", host.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        host.stdout().matches("closed ").count(),
+        1,
+        "{}",
+        host.stdout()
+    );
+    assert!(
+        host.stderr().contains("the host is stopping"),
+        "{}",
+        host.stderr()
+    );
+}

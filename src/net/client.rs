@@ -95,24 +95,6 @@ impl Network {
     }
 }
 
-impl Network {
-    /// A client that fails at once with `message` (the host is stopping): `Error`, then
-    /// `Closed` with 1006, as a connection that could not be made.
-    pub fn fail_connect(
-        &self,
-        port: ConnectionPort,
-        events: Events,
-        event_loop: &tokio::runtime::Handle,
-        message: String,
-    ) {
-        event_loop.spawn(async move {
-            let handle = port.handle.clone();
-            let failure = Some((ErrorKind::Connect, message));
-            connection::report_end(&handle, &events, failure, 1006, String::new(), false).await;
-        });
-    }
-}
-
 type ClientStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

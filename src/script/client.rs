@@ -160,6 +160,17 @@ fn new_client(
     let handler_value = handler.clone();
     let config = ctx.net.config();
     let port = ConnectionHandle::channel(Status::Connecting, config);
+    if ctx.shutting_down.get() {
+        // The host is stopping: no connection is made, and the client never runs a callback
+        // (a reconnect from `onTerminate` would otherwise start again without end).
+        tracing::info!("not connecting to {url}: the host is stopping");
+        port.handle.set_status(Status::Closed);
+        return Ok(ClientObj {
+            handle: port.handle.clone(),
+            url: url.into(),
+            handler: handler_value,
+        });
+    }
     let handle = port.handle.clone();
     ctx.top_level.made_client(handle.id());
     ctx.registry.borrow_mut().conns.insert(
@@ -183,24 +194,14 @@ fn new_client(
         url: url.into(),
         handler: handler_value,
     };
-    if ctx.shutting_down.get() {
-        // A reconnect from `onTerminate` while the host stops must not hold the stop up.
-        ctx.net.fail_connect(
-            port,
-            ctx.events.clone(),
-            ctx.event_loop.handle(),
-            "the host is stopping: no new connection".into(),
-        );
-    } else {
-        ctx.net.connect(
-            ClientRequest {
-                url: url.to_string(),
-                headers,
-            },
-            port,
-            ctx.events.clone(),
-            ctx.event_loop.handle(),
-        );
-    }
+    ctx.net.connect(
+        ClientRequest {
+            url: url.to_string(),
+            headers,
+        },
+        port,
+        ctx.events.clone(),
+        ctx.event_loop.handle(),
+    );
     Ok(client)
 }

@@ -329,10 +329,21 @@ fn top_level_shape(ast: &AST) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
-    // Inside a string literal (Debug escapes its quotes), digits are text, not a position.
+    // Inside a string literal (Debug escapes its quotes and backslashes), digits are text,
+    // not a position.
     let mut in_string = false;
+    let escaped = |i: usize| bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1;
     while i < bytes.len() {
-        if bytes[i] == b'"' && (i == 0 || bytes[i - 1] != b'\\') {
+        // A char literal (`'"'`, `'\''`) is copied whole: its quote is no string's.
+        if !in_string && bytes[i] == b'\'' {
+            let end = (i + 1..bytes.len()).find(|&j| bytes[j] == b'\'' && !escaped(j));
+            if let Some(end) = end.filter(|e| e - i <= 12) {
+                out.push_str(&text[i..=end]);
+                i = end + 1;
+                continue;
+            }
+        }
+        if bytes[i] == b'"' && !escaped(i) {
             in_string = !in_string;
         }
         // `anon$` and 16 hex digits: a closure's name, a hash of its code and position.
@@ -447,5 +458,31 @@ fn renew_handler(handler: &Dynamic, renew: &mut dyn FnMut(&mut FnPtr, &str)) {
                 object.set(key.as_str(), Dynamic::from(f));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_level_shape;
+
+    fn shape(text: &str) -> String {
+        let engine = rhai::Engine::new();
+        top_level_shape(&engine.compile(text).expect("compiles"))
+    }
+
+    #[test]
+    fn a_comment_or_a_function_changes_no_shape_a_top_level_statement_does() {
+        let base = "let q = '\"'; let b = \"x\\\\\"; let s = \"10:20\"; \
+                    setInterval(|| print(\"tick \" + s), 200);\nfn f() { 1 }";
+        let commented = format!("// one more line\n{base}");
+        assert_eq!(shape(base), shape(&commented));
+        assert_eq!(shape(base), shape(&base.replace("{ 1 }", "{ 2 }")));
+        assert_eq!(
+            shape(base),
+            shape(&base.replace("print(\"tick \"", "print(\"tock \""))
+        );
+        assert_ne!(shape(base), shape(&base.replace("10:20", "11:21")));
+        assert_ne!(shape(base), shape(&base.replace("200", "300")));
+        assert_ne!(shape(base), shape(&base.replace("'\"'", "'x'")));
     }
 }
