@@ -113,12 +113,30 @@ struct LimitArgs {
     script_memory: Option<usize>,
 }
 
+/// The longest duration a flag takes: a year. Longer would overflow a clock's deadline (a
+/// panic, exit 101, instead of a clear error).
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--name v` as a duration of `v` seconds: a number from 0 (`0` refused unless
+/// `zero_ok`) to a year; else the error says so.
+fn seconds(name: &str, v: f64, zero_ok: bool) -> Result<std::time::Duration, String> {
+    let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+    if v.is_finite() && low_ok && v <= MAX_SECONDS {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        let low = if zero_ok { ">= 0" } else { "> 0" };
+        Err(format!(
+            "--{name} must be a number of seconds {low} and at most {MAX_SECONDS} (a year), got {v:?}"
+        ))
+    }
+}
+
 impl LimitArgs {
     /// Applies the flags given to `config`; an error names a bad value.
     fn apply(&self, config: &mut HostConfig) -> Result<(), String> {
         let secs = |name: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
-                Ok(std::time::Duration::from_secs_f64(v))
+                seconds(name, v, true)
             } else {
                 Err(format!(
                     "--{name} must be a number of seconds >= 0, got {v}"
@@ -166,6 +184,12 @@ impl LimitArgs {
             config.budget.max_memory = mb.max(1) << 20;
         }
         if let Some(ms) = self.callback_timeout {
+            let most = (MAX_SECONDS * 1000.0) as u64;
+            if ms > most {
+                return Err(format!(
+                    "--callback-timeout must be at most {most} ms (a year), got {ms}"
+                ));
+            }
             config.budget.max_time = std::time::Duration::from_millis(ms.max(1));
         }
         Ok(())
@@ -258,15 +282,18 @@ fn test(args: TestArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        eprintln!("error: --timeout must be a positive number of seconds");
-        return ExitCode::from(2);
-    }
+    let timeout = match seconds("timeout", args.timeout, false) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = crate::runner::TestConfig {
         paths: args.paths,
         filter: args.filter,
         jobs: args.jobs,
-        timeout: std::time::Duration::from_secs_f64(args.timeout),
+        timeout,
     };
     match crate::runner::run(&config) {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
@@ -330,11 +357,13 @@ fn run(args: RunArgs) -> ExitCode {
     config.metrics = args.metrics;
     config.cluster = args.cluster.filter(|url| !url.is_empty());
     config.catch_signals = true;
-    if !(args.drain_timeout.is_finite() && args.drain_timeout > 0.0) {
-        eprintln!("error: --drain-timeout must be a number of seconds > 0");
-        return ExitCode::from(2);
-    }
-    config.shutdown_timeout = std::time::Duration::from_secs_f64(args.drain_timeout);
+    config.shutdown_timeout = match seconds("drain-timeout", args.drain_timeout, false) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(dir) = &args.static_dir {
         match dir.canonicalize() {
             Ok(root) if root.is_dir() => config.static_root = Some(root),

@@ -334,3 +334,38 @@ fn check_reads_cs_names_from_the_code_not_from_comments_or_strings() {
         "{stderr}"
     );
 }
+
+#[test]
+fn durations_past_a_year_are_bad_input_not_a_panic() {
+    for args in [
+        &[
+            "run",
+            "scripts/echo.rhai",
+            "--port",
+            "0",
+            "--drain-timeout",
+            "1e300",
+        ][..],
+        &["test", "tests/scripts", "--timeout", "18446744073709551615"][..],
+        &[
+            "run",
+            "scripts/echo.rhai",
+            "--port",
+            "0",
+            "--idle-timeout",
+            "1e20",
+        ][..],
+        &[
+            "run",
+            "scripts/echo.rhai",
+            "--port",
+            "0",
+            "--callback-timeout",
+            "18446744073709551615",
+        ][..],
+    ] {
+        let (status, _, stderr) = run_cli(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("(a year)"), "{args:?}: {stderr}");
+    }
+}
