@@ -46,16 +46,16 @@ pub fn collect(ctx: &Ctx) -> usize {
     {
         let reg = ctx.registry.borrow();
         for s in reg.servers.values() {
-            walk.value(&s.handler, 0);
+            walk.value(&s.handler);
         }
         for c in reg.conns.values() {
-            walk.value(&c.handler, 0);
+            walk.value(&c.handler);
         }
-        reg.timers.each_value(&mut |v| walk.value(v, 0));
+        reg.timers.each_value(&mut |v| walk.value(v));
     }
-    ctx.this.each(&mut |v| walk.value(v, 0));
+    ctx.this.each(&mut |v| walk.value(v));
     walk.drain();
-    if walk.too_deep {
+    if walk.trace.too_deep {
         ctx.objects.swept(live.len());
         return 0;
     }
@@ -68,11 +68,11 @@ pub fn collect(ctx: &Ctx) -> usize {
     for o in &unreached {
         o.with_fields(|m| {
             for v in m.values() {
-                count.value(v, 0);
+                count.value(v);
             }
         });
     }
-    if count.too_deep {
+    if count.trace.too_deep {
         ctx.objects.swept(live.len());
         return 0;
     }
@@ -84,7 +84,7 @@ pub fn collect(ctx: &Ctx) -> usize {
         }
     }
     walk.drain();
-    if walk.too_deep {
+    if walk.trace.too_deep {
         ctx.objects.swept(live.len());
         return 0;
     }
@@ -102,28 +102,19 @@ pub fn collect(ctx: &Ctx) -> usize {
     freed
 }
 
-/// Marks the objects reachable from the values it is given.
+/// What both walks share: the objects a value holds, found through arrays, maps, closures'
+/// captured values, clients' handlers and shared cells (each cell once), not going into
+/// objects, to a bounded depth.
 #[derive(Default)]
-struct Walk {
-    objects: FxHashSet<usize>,
+struct Trace {
     /// Shared cells seen, by their contents' address.
     cells: FxHashSet<usize>,
-    /// Objects reached whose fields are still to walk.
-    pending: Vec<Object>,
+    /// Data deeper than [`MAX_DEPTH`], or a cell being written to: not all could be seen.
     too_deep: bool,
 }
 
-impl Walk {
-    fn drain(&mut self) {
-        while let Some(o) = self.pending.pop() {
-            let fields = o.fields();
-            for v in fields.values() {
-                self.value(v, 0);
-            }
-        }
-    }
-
-    fn value(&mut self, v: &Dynamic, depth: usize) {
+impl Trace {
+    fn objects(&mut self, v: &Dynamic, depth: usize, object: &mut dyn FnMut(&Object)) {
         if depth > MAX_DEPTH {
             self.too_deep = true;
             return;
@@ -134,51 +125,61 @@ impl Walk {
                 self.too_deep = true;
                 return;
             };
+            // A cell holds its contents once, however many hold the cell.
             if self.cells.insert(&*inner as *const Dynamic as usize) {
-                self.value(&inner, depth + 1);
+                self.objects(&inner, depth + 1, object);
             }
             return;
         }
-        if let Some(o) = Object::of(v) {
-            if self.objects.insert(o.address()) {
-                self.pending.push(o);
-            }
+        if let Some(o) = v.read_lock::<Object>() {
+            object(&o);
             return;
         }
-        children(v, &mut |c| self.value(c, depth + 1));
+        children(v, &mut |c| self.objects(c, depth + 1, object));
+    }
+}
+
+/// Marks the objects reachable from the values it is given.
+#[derive(Default)]
+struct Walk {
+    trace: Trace,
+    objects: FxHashSet<usize>,
+    /// Objects reached whose fields are still to walk.
+    pending: Vec<Object>,
+}
+
+impl Walk {
+    fn drain(&mut self) {
+        while let Some(o) = self.pending.pop() {
+            let fields = o.fields();
+            for v in fields.values() {
+                self.value(v);
+            }
+        }
+    }
+
+    fn value(&mut self, v: &Dynamic) {
+        let (objects, pending) = (&mut self.objects, &mut self.pending);
+        self.trace.objects(v, 0, &mut |o| {
+            if objects.insert(o.address()) {
+                pending.push(o.clone());
+            }
+        });
     }
 }
 
 /// Counts the references to objects in the values it is given, not going into objects.
 #[derive(Default)]
 struct Count {
+    trace: Trace,
     held: FxHashMap<usize, usize>,
-    cells: FxHashSet<usize>,
-    too_deep: bool,
 }
 
 impl Count {
-    fn value(&mut self, v: &Dynamic, depth: usize) {
-        if depth > MAX_DEPTH {
-            self.too_deep = true;
-            return;
-        }
-        if v.is_shared() {
-            let Some(inner) = v.read_lock::<Dynamic>() else {
-                self.too_deep = true;
-                return;
-            };
-            // A cell holds its contents once, however many hold the cell.
-            if self.cells.insert(&*inner as *const Dynamic as usize) {
-                self.value(&inner, depth + 1);
-            }
-            return;
-        }
-        if let Some(o) = v.read_lock::<Object>() {
-            *self.held.entry(o.address()).or_default() += 1;
-            return;
-        }
-        children(v, &mut |c| self.value(c, depth + 1));
+    fn value(&mut self, v: &Dynamic) {
+        let held = &mut self.held;
+        self.trace
+            .objects(v, 0, &mut |o| *held.entry(o.address()).or_default() += 1);
     }
 }
 

@@ -431,28 +431,25 @@ impl Dispatch<'_> {
     /// 4D's does: one `onError` at most, then the connection closes (1011) and `onTerminate`
     /// runs; a server-side connection stays open.
     fn report_error(&self, conn: ConnId, event: Map) {
-        let (client, stopped) = {
-            let reg = self.ctx.registry.borrow();
-            let Some(e) = reg.conns.get(&conn) else {
+        let (client, Target { ws, handler, home }) = {
+            let mut reg = self.ctx.registry.borrow_mut();
+            let Some(e) = reg.conns.get_mut(&conn) else {
                 return;
             };
-            (matches!(e.side, Side::Client { .. }), e.stopped)
+            if e.stopped {
+                return;
+            }
+            // Marked before its onError runs: an error there reports nothing more.
+            let client = matches!(e.side, Side::Client { .. });
+            e.stopped = client;
+            (client, Target::of(e))
         };
-        if stopped {
-            return;
-        }
-        if client && let Some(e) = self.ctx.registry.borrow_mut().conns.get_mut(&conn) {
-            e.stopped = true;
-        }
-        let target = self.ctx.registry.borrow().conns.get(&conn).map(Target::of);
-        if let Some(Target { ws, handler, home }) = target
-            && let Some(Err(e2)) = self.invoke(
-                &handler,
-                home.as_deref(),
-                "onError",
-                vec![ws, Dynamic::from_map(event)],
-            )
-        {
+        if let Some(Err(e2)) = self.invoke(
+            &handler,
+            home.as_deref(),
+            "onError",
+            vec![ws, Dynamic::from_map(event)],
+        ) {
             tracing::error!(
                 conn,
                 callback = "onError",

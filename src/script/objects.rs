@@ -33,14 +33,10 @@ impl Object {
     /// A new object of `class` with `fields` (stored as [`Object::set`] stores them), made
     /// by code of file `home`.
     pub fn new(class: Option<ImmutableString>, home: Option<ImmutableString>, fields: Map) -> Self {
-        let fields = fields
-            .into_iter()
-            .map(|(k, v)| (k, stored(v)))
-            .collect::<Map>();
         Self(Rc::new(Data {
             class,
             home,
-            fields: RefCell::new(fields),
+            fields: RefCell::new(stored_all(fields)),
         }))
     }
 
@@ -125,8 +121,7 @@ impl Object {
 
     /// Replaces every field (hot reload of a handler written as a literal).
     pub fn replace_fields(&self, fields: Map) {
-        let fields = fields.into_iter().map(|(k, v)| (k, stored(v))).collect();
-        let old = std::mem::replace(&mut *self.0.fields.borrow_mut(), fields);
+        let old = std::mem::replace(&mut *self.0.fields.borrow_mut(), stored_all(fields));
         // Dropped after the borrow ends: a dropped value may reach this object.
         drop(old);
     }
@@ -179,6 +174,10 @@ fn stored(value: Dynamic) -> Dynamic {
     }
 }
 
+fn stored_all(fields: Map) -> Map {
+    fields.into_iter().map(|(k, v)| (k, stored(v))).collect()
+}
+
 /// True if `a` and `b` are the same shared cell (its contents' address names it).
 fn same_cell(a: &Dynamic, b: &Dynamic) -> bool {
     if !a.is_shared() {
@@ -196,8 +195,19 @@ fn same_cell(a: &Dynamic, b: &Dynamic) -> bool {
 /// h.onMessage = |ws, e| h.count += 1`, the JavaScript habit) sees the object from now on: the
 /// captured variable is made to hold it, so `h` in the closure and the handler are one object.
 pub fn from_map(table: &Table, home: Option<&str>, map: Map) -> Object {
+    from_map_and(table, home, map, None)
+}
+
+/// [`from_map`], where the closures that captured the map's variable may also be in
+/// `function`, about to be stored in the object.
+fn from_map_and(table: &Table, home: Option<&str>, map: Map, function: Option<&Dynamic>) -> Object {
     let keys: Vec<ImmutableString> = map.keys().map(|k| k.as_str().into()).collect();
-    let functions: Vec<Dynamic> = map.values().filter(|v| v.is_fnptr()).cloned().collect();
+    let functions: Vec<Dynamic> = map
+        .values()
+        .chain(function)
+        .filter(|v| v.is_fnptr())
+        .cloned()
+        .collect();
     let object = table.make(None, home, map);
     adopt_captured(&object, &keys, &functions);
     object
@@ -413,9 +423,7 @@ pub fn register(engine: &mut rhai::Engine, table: &Rc<Table>) {
             };
             // (Rhai passes a variable that a closure captured as a copy: the closure being
             // stored is what reaches it.)
-            let keys: Vec<ImmutableString> = map.keys().map(|k| k.as_str().into()).collect();
-            let object = from_map(&t, ncc.call_source(), map);
-            adopt_captured(&object, &keys, std::slice::from_ref(&value));
+            let object = from_map_and(&t, ncc.call_source(), map, Some(&value));
             object.set(&name, value);
             let object = object.into_dynamic();
             if target.is_shared() {

@@ -106,15 +106,22 @@ impl Dispatch<'_> {
                 Some(None) => kept.push(holder()),
                 None => {}
             };
+        // The handlers first (the log names them by server or connection), then every other
+        // object's fields (a model object's callback, say).
+        let mut handlers = std::collections::HashSet::new();
         {
             let mut reg = self.ctx.registry.borrow_mut();
             let reg = &mut *reg;
-            for (id, s) in reg.servers.iter().filter(|(_, s)| !s.terminated) {
-                renew_handler(&s.handler, &mut |f, key| {
-                    renew(f, &|| format!("{key} of server {id}"))
-                });
+            for (id, s) in reg.servers.iter() {
+                handlers.extend(Object::of(&s.handler).map(|o| o.address()));
+                if !s.terminated {
+                    renew_handler(&s.handler, &mut |f, key| {
+                        renew(f, &|| format!("{key} of server {id}"))
+                    });
+                }
             }
             for (id, c) in reg.conns.iter() {
+                handlers.extend(Object::of(&c.handler).map(|o| o.address()));
                 renew_handler(&c.handler, &mut |f, key| {
                     renew(f, &|| format!("{key} of connection {id}"))
                 });
@@ -123,16 +130,6 @@ impl Dispatch<'_> {
                 renew(f, &|| "a timer".to_string());
             }
         }
-        // Closures in the fields of other objects (a model object's callback, say).
-        let handlers: std::collections::HashSet<usize> = {
-            let reg = self.ctx.registry.borrow();
-            let servers = reg.servers.values().map(|s| &s.handler);
-            let conns = reg.conns.values().map(|c| &c.handler);
-            servers
-                .chain(conns)
-                .filter_map(|h| Object::of(h).map(|o| o.address()))
-                .collect()
-        };
         for o in self.ctx.objects.live() {
             if handlers.contains(&o.address()) {
                 continue;
