@@ -323,4 +323,7 @@ async fn an_entry_edit_of_functions_and_comments_runs_no_top_level() {
     );
     host.wait_stderr("top level run again", TIMEOUT)
         .expect("run again");
+    // The old run's timer is cancelled, and the log says so.
+    host.wait_stderr("reload: cancelled timer", TIMEOUT)
+        .expect("said in the log");
 }
